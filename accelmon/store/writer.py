@@ -1,0 +1,380 @@
+"""Append-only, crash-safe Parquet store with hive partitions and atomic compaction.
+
+Layout under the data dir (see docs/store.md for why)::
+
+    accelmon.duckdb                                   catalog: views only, opened for milliseconds
+    tables/<table>/date=YYYY-MM-DD  -> symlink to the partition's current generation
+    .gen/<table>/date=YYYY-MM-DD/g000001/part-….parquet
+    .gen/<table>/.append.lock, .compact.lock          flock(2) files
+
+* An append writes ``.tmp-…`` in the partition's current generation directory, fsyncs it,
+  renames it to ``part-….parquet`` and fsyncs the directory before returning: a returned
+  append survives ``kill -9`` and power loss, and readers (who glob ``*.parquet``) never see a
+  partial file.
+* Compaction reads a generation's files (immutable), writes one sorted file into a new
+  generation directory, then - under an exclusive lock that appenders share - hard-links any
+  file that arrived meanwhile and atomically swaps the partition symlink.  A reader sees the
+  old generation or the new one, never both, never neither.  Old generations are deleted by
+  :meth:`Store.gc` after a grace period, so a query that globbed the old files can finish.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import itertools
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from accelmon.store.schema import TABLES, Table, table
+
+log = logging.getLogger(__name__)
+
+EPOCH_PARTITION = "1970-01-01"  # holds one empty file per table so views always resolve
+_GEN_RE = re.compile(r"^g(\d{6,})$")
+_counter = itertools.count()
+
+
+class StoreError(Exception):
+    """A problem with the data dir that the user must fix (one line, names the path)."""
+
+
+@dataclass
+class CompactionResult:
+    table: str
+    partition: str
+    files_in: int
+    rows: int
+    bytes_out: int
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def to_arrow(t: Table, rows: Any) -> pa.Table:
+    """Coerce rows (pyarrow Table, polars DataFrame, mapping of columns, list of dicts) to the table schema.
+
+    Missing nullable columns become nulls; unknown columns are an error (the schema is the contract).
+    """
+    schema = t.schema
+    if isinstance(rows, pa.Table):
+        data = rows
+    elif hasattr(rows, "to_arrow"):  # polars DataFrame
+        data = rows.to_arrow()
+    elif isinstance(rows, Mapping):
+        data = pa.table(dict(rows))
+    else:
+        rows = list(rows)
+        if not rows:
+            return schema.empty_table()
+        data = pa.Table.from_pylist(rows)
+    unknown = set(data.column_names) - set(schema.names)
+    if unknown:
+        raise ValueError(f"{t.name}: unknown column(s) {', '.join(sorted(unknown))}")
+    cols = []
+    n = data.num_rows
+    for f in schema:
+        if f.name in data.column_names:
+            col = data.column(f.name)
+            if col.type != f.type:
+                col = _cast(col, f.type, t.name, f.name)
+        else:
+            if not f.nullable:
+                raise ValueError(f"{t.name}: missing required column {f.name}")
+            col = pa.nulls(n, f.type)
+        cols.append(col)
+    out = pa.Table.from_arrays(cols, schema=schema)
+    for f in schema:
+        if not f.nullable and out.column(f.name).null_count:
+            raise ValueError(f"{t.name}: column {f.name} must not be null")
+    return out
+
+
+def _cast(col: pa.ChunkedArray, typ: pa.DataType, tname: str, cname: str) -> pa.ChunkedArray:
+    if pa.types.is_timestamp(typ) and (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
+        # numbers are Unix seconds
+        ms = pc.cast(pc.round(pc.multiply(pc.cast(col, pa.float64()), 1000.0)), pa.int64())
+        return pc.cast(ms, pa.timestamp("ms")).cast(typ)
+    if pa.types.is_timestamp(typ) and pa.types.is_timestamp(col.type):
+        if col.type.tz is None:
+            col = pc.assume_timezone(col, "UTC") if col.type.unit else col
+        return pc.cast(col, typ, safe=False)
+    try:
+        return pc.cast(col, typ)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise ValueError(f"{tname}.{cname}: cannot store {col.type} as {typ}: {e}") from None
+
+
+def write_parquet(t: Table, data: pa.Table, f: Any) -> None:
+    """Write with the encodings that make time series small: dictionaries for keys,
+    DELTA_BINARY_PACKED for counters and timestamps, zstd on top."""
+    delta = [c for c in (*t.delta_columns, t.partition_ts) if c in data.column_names]
+    delta = [c for c in delta if pa.types.is_integer(data.schema.field(c).type)
+             or pa.types.is_timestamp(data.schema.field(c).type)]
+    dict_cols = [c for c in data.column_names if c not in delta]
+    pq.write_table(
+        data,
+        f,
+        compression="zstd",
+        compression_level=6,
+        use_dictionary=dict_cols,
+        column_encoding={c: "DELTA_BINARY_PACKED" for c in delta},
+        row_group_size=1 << 20,
+        write_statistics=True,
+        data_page_version="2.0",
+    )
+
+
+class Store:
+    """The data dir. Thread-safe; several processes may append concurrently."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, gc_grace_seconds: float = 600.0) -> None:
+        self.root = Path(data_dir).absolute()
+        self.gc_grace_seconds = gc_grace_seconds
+        self._tlock = threading.Lock()
+        self._init_layout()
+
+    # ------------------------------------------------------------------ layout
+    def _init_layout(self) -> None:
+        try:
+            (self.root / "tables").mkdir(parents=True, exist_ok=True)
+            (self.root / ".gen").mkdir(exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"{self.root}: cannot create data dir: {e.strerror}") from None
+        if not os.access(self.root, os.W_OK):
+            raise StoreError(f"{self.root}: data dir is not writable")
+        for t in TABLES.values():
+            link = self.root / "tables" / t.name / f"date={EPOCH_PARTITION}"
+            if not link.exists():
+                self._append_partition(t, EPOCH_PARTITION, t.schema.empty_table())
+
+    def table_glob(self, name: str) -> str:
+        return str(self.root / "tables" / name / "*" / "*.parquet")
+
+    def _gen_root(self, tname: str) -> Path:
+        return self.root / ".gen" / tname
+
+    @contextmanager
+    def _flock(self, tname: str, which: str, mode: int) -> Iterator[None]:
+        d = self._gen_root(tname)
+        d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(d / f".{which}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _current_gen(self, tname: str, partition: str, create: bool) -> Path | None:
+        link = self.root / "tables" / tname / f"date={partition}"
+        if link.is_symlink():
+            return link.resolve()
+        if not create:
+            return None
+        gen = self._gen_root(tname) / f"date={partition}" / "g000001"
+        gen.mkdir(parents=True, exist_ok=True)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        self._swap_link(link, gen)
+        return gen
+
+    def _swap_link(self, link: Path, target: Path) -> None:
+        rel = os.path.relpath(target, link.parent)
+        tmp = link.parent / f".tmp-link-{uuid.uuid4().hex}"
+        os.symlink(rel, tmp)
+        os.replace(tmp, link)
+        _fsync_dir(link.parent)
+
+    # ------------------------------------------------------------------ append
+    def append(self, name: str, rows: Any) -> int:
+        """Durably append rows to a table. Returns the number of rows written.
+
+        When this returns, the rows are on disk (fsync) and visible to new queries."""
+        t = table(name)
+        data = to_arrow(t, rows)
+        if data.num_rows == 0:
+            return 0
+        days = pc.strftime(data.column(t.partition_ts), format="%Y-%m-%d")
+        uniq = pc.unique(days).to_pylist()
+        for day in uniq:
+            part = data if len(uniq) == 1 else data.filter(pc.equal(days, day))
+            self._append_partition(t, day, part)
+        return data.num_rows
+
+    def _append_partition(self, t: Table, day: str, data: pa.Table) -> Path:
+        with self._flock(t.name, "append", fcntl.LOCK_SH):
+            gen = self._current_gen(t.name, day, create=True)
+            assert gen is not None
+            stem = f"part-{time.time_ns() // 1_000_000:013d}-{os.getpid()}-{next(_counter):06d}-{uuid.uuid4().hex[:8]}"
+            tmp = gen / f".tmp-{stem}"
+            final = gen / f"{stem}.parquet"
+            with open(tmp, "wb") as f:
+                write_parquet(t, data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, final)
+            _fsync_dir(gen)
+        return final
+
+    # ------------------------------------------------------------------ compaction
+    def partitions(self, name: str) -> list[str]:
+        d = self.root / "tables" / name
+        if not d.exists():
+            return []
+        return sorted(p.name.split("=", 1)[1] for p in d.iterdir() if p.name.startswith("date="))
+
+    def files(self, name: str, partition: str | None = None) -> list[Path]:
+        parts = [partition] if partition else self.partitions(name)
+        out: list[Path] = []
+        for p in parts:
+            gen = self._current_gen(name, p, create=False)
+            if gen is not None and gen.exists():
+                out += sorted(gen.glob("*.parquet"))
+        return out
+
+    def compact(
+        self,
+        tables: Sequence[str] | None = None,
+        *,
+        min_files: int = 2,
+        partitions: Iterable[str] | None = None,
+    ) -> list[CompactionResult]:
+        """Merge each partition's files into one sorted file. Safe to run while appending."""
+        results = []
+        for name in tables or list(TABLES):
+            t = table(name)
+            for day in partitions or self.partitions(name):
+                if day == EPOCH_PARTITION:
+                    continue
+                r = self._compact_partition(t, day, min_files)
+                if r:
+                    results.append(r)
+        return results
+
+    def _compact_partition(self, t: Table, day: str, min_files: int) -> CompactionResult | None:
+        with self._flock(t.name, "compact", fcntl.LOCK_EX):
+            old = self._current_gen(t.name, day, create=False)
+            if old is None:
+                return None
+            inputs = sorted(old.glob("*.parquet"))
+            if len(inputs) < min_files:
+                return None
+            data = pa.concat_tables(
+                [to_arrow(t, pq.read_table(p)) for p in inputs], promote_options="none"
+            )
+            sort_keys = [(c, "ascending") for c in t.sort_by if c in data.column_names]
+            if sort_keys:
+                data = data.sort_by(sort_keys)
+            m = _GEN_RE.match(old.name)
+            n = int(m.group(1)) + 1 if m else 1
+            new = old.parent / f"g{n:06d}"
+            while new.exists():  # leftover of a crashed compaction
+                shutil.rmtree(new)
+            new.mkdir()
+            out = new / f"compact-{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:8]}.parquet"
+            tmp = new / f".tmp-{out.name}"
+            with open(tmp, "wb") as f:
+                write_parquet(t, data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, out)
+            link = self.root / "tables" / t.name / f"date={day}"
+            with self._flock(t.name, "append", fcntl.LOCK_EX):
+                done = {p.name for p in inputs}
+                for p in sorted(old.glob("*.parquet")):
+                    if p.name not in done:  # arrived during compaction
+                        os.link(p, new / p.name)
+                _fsync_dir(new)
+                self._swap_link(link, new)
+            (old / ".retired").write_text(str(time.time()))
+            return CompactionResult(t.name, day, len(inputs), data.num_rows, out.stat().st_size)
+
+    # ------------------------------------------------------------------ housekeeping
+    def gc(self, now: float | None = None) -> int:
+        """Delete retired generations and stale temp files older than the grace period."""
+        now = time.time() if now is None else now
+        removed = 0
+        for t in TABLES:
+            root = self._gen_root(t)
+            if not root.exists():
+                continue
+            for pdir in root.glob("date=*"):
+                link = self.root / "tables" / t / pdir.name
+                current = link.resolve() if link.is_symlink() else None
+                for gen in pdir.iterdir():
+                    if not gen.is_dir() or gen == current:
+                        if gen == current:
+                            for tmp in gen.glob(".tmp-*"):
+                                if now - tmp.stat().st_mtime > self.gc_grace_seconds:
+                                    tmp.unlink(missing_ok=True)
+                        continue
+                    age = now - gen.stat().st_mtime
+                    if age > self.gc_grace_seconds:
+                        shutil.rmtree(gen, ignore_errors=True)
+                        removed += 1
+                if current is None and not link.exists() and not any(pdir.iterdir()):
+                    pdir.rmdir()
+        return removed
+
+    def drop_partitions_before(self, name: str, day: dt.date) -> list[str]:
+        """Retention: unlink whole partitions older than ``day`` (data removed after gc grace)."""
+        dropped = []
+        for p in self.partitions(name):
+            if p == EPOCH_PARTITION:
+                continue
+            if dt.date.fromisoformat(p) < day:
+                link = self.root / "tables" / name / f"date={p}"
+                target = link.resolve()
+                link.unlink()
+                _fsync_dir(link.parent)
+                (target / ".retired").write_text(str(time.time()))
+                dropped.append(p)
+        return dropped
+
+    def disk_bytes(self, name: str | None = None) -> int:
+        names = [name] if name else list(TABLES)
+        return sum(f.stat().st_size for n in names for f in self.files(n))
+
+    # ------------------------------------------------------------------ reading
+    def connect(self, *, threads: int | None = None) -> Any:
+        """An in-memory DuckDB connection with every table and view defined.
+
+        Never touches the catalog file, so it works while a user holds the catalog open."""
+        from accelmon.store.catalog import define_views
+
+        import duckdb
+
+        con = duckdb.connect(":memory:")
+        if threads:
+            con.execute(f"SET threads={int(threads)}")
+        define_views(con, self)
+        return con
+
+    def ensure_catalog(self) -> bool:
+        """(Re)write the catalog file's views. Returns False when another process holds it."""
+        from accelmon.store.catalog import write_catalog
+
+        return write_catalog(self)
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "accelmon.duckdb"

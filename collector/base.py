@@ -1,0 +1,46 @@
+"""The one interface every source implements (node_exporter style).
+
+A source turns one external API into rows of the store schema. It knows nothing of
+analytics or Prometheus. Sources are registered in :mod:`accelmon.collector.registry`
+and enabled/disabled by config (``[sources] vcenter = false``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from accelmon.store.writer import Store
+
+
+@dataclass
+class CollectResult:
+    """What one poll of one source did. ``rows`` counts rows written per table."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)  # per-object problems (poll still succeeded)
+
+    def add(self, table: str, n: int) -> None:
+        self.rows[table] = self.rows.get(table, 0) + n
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A pollable source. ``collect`` polls once and appends rows to the store.
+
+    ``name`` is the source kind (``vcenter``, ``agent``, ``dcgm``…); ``target`` identifies the
+    instance (a URL, never with credentials). ``collect`` raises on total failure; the caller
+    (the daemon's wrapper) records success/duration/errors per source and isolates failures.
+    """
+
+    name: str
+    target: str
+
+    def collect(self, store: Store) -> CollectResult: ...
+
+    def close(self) -> None: ...
