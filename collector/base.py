@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from accelmon.store.writer import Store
 
 
@@ -20,6 +22,9 @@ class CollectResult:
 
     rows: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # per-object problems (poll still succeeded)
+    # the rows written, by table, so the daemon can update its in-memory exporter state
+    # without re-reading the store (optional: a source may leave it empty)
+    tables: dict[str, pa.Table] = field(default_factory=dict)
 
     def add(self, table: str, n: int) -> None:
         self.rows[table] = self.rows.get(table, 0) + n
