@@ -63,8 +63,8 @@ _STR = pa.string()
 _I64 = pa.int64()
 _I32 = pa.int32()
 _I16 = pa.int16()
-_U8 = pa.uint8()
 _F64 = pa.float64()
+_F32 = pa.float32()
 _BOOL = pa.bool_()
 
 TABLES: dict[str, Table] = {}
@@ -85,8 +85,8 @@ GPU_SAMPLE = _register(
             C("gpu_uuid", _STR, "GPU UUID (`GPU-…`, `MIG-…`), or the id given in an imported trace", False),
             C("source", _STR, "agent | import | dcgm | nvidia_gpu_exporter | prometheus | simulation", False),
             C("vm_bios_uuid", _STR, "SMBIOS system UUID the guest agent reported (= vCenter VM `config.uuid`)"),
-            C("util_percent", _U8, "GPU utilization 0–100 over the last driver sample period (gauge)"),
-            C("mem_util_percent", _U8, "memory-controller utilization 0–100 (gauge)"),
+            C("util_percent", _F32, "GPU utilization 0–100 over the last driver sample period (gauge)"),
+            C("mem_util_percent", _F32, "memory-controller utilization 0–100 (gauge)"),
             C("busy_ms_total", _I64, "counter: milliseconds the driver's samples saw the GPU busy (>0 %)"),
             C("idle_ms_total", _I64, "counter: milliseconds the driver's samples saw the GPU idle (0 %)"),
             C("fb_used_bytes", _I64, "framebuffer in use (gauge)"),
