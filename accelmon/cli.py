@@ -1,0 +1,327 @@
+"""The ``accelmon`` command: thin verbs over the library.
+
+User mistakes become one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from accelmon import __version__
+from accelmon.config import DEFAULT_CONFIG_NAME, Config, ConfigError, load
+from accelmon.errors import UserError
+
+app = typer.Typer(
+    name="accelmon",
+    help="GPU utilization and NUMA-placement analytics for VMware vSphere estates.\n\n"
+    "Collects from vCenter and from guest NVML agents into a DuckDB/Parquet store, "
+    "exports Prometheus metrics, and reports which accelerators to consolidate.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+DEFAULT_DATA_DIR = "./accelmon-data"
+
+
+class State:
+    data_dir_opt: Path | None = None
+    config_path: Path | None = None
+    verbose: int = 0
+    _config: Config | None = None
+
+    def config(self) -> Config:
+        if self._config is None:
+            path = self.config_path
+            if path is None and Path(DEFAULT_CONFIG_NAME).is_file():
+                path = Path(DEFAULT_CONFIG_NAME)
+            self._config = load(path)
+        return self._config
+
+    def data_dir(self) -> Path:
+        if self.data_dir_opt is not None:
+            return self.data_dir_opt
+        cfg = self.config()
+        return cfg.data_dir if cfg.data_dir is not None else Path(DEFAULT_DATA_DIR)
+
+    def store(self) -> Any:
+        from accelmon.store import Store
+
+        cfg = self.config()
+        return Store(self.data_dir(), gc_grace_seconds=cfg.retention.gc_grace)
+
+
+state = State()
+
+
+def fail(msg: str, code: int = 2) -> NoReturn:
+    typer.echo(f"accelmon: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"accelmon {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", envvar="ACCELMON_DATA_DIR", help="Where everything is stored "
+                     "(default: data_dir from the config, else ./accelmon-data).", show_default=False),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", envvar="ACCELMON_CONFIG",
+                     help=f"Config file (default: ./{DEFAULT_CONFIG_NAME} if present).", show_default=False),
+    ] = None,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")] = 0,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    state.data_dir_opt = data_dir
+    state.config_path = config
+    state.verbose = verbose
+    state._config = None
+
+
+def _setup_logging(cfg: Config | None = None) -> None:
+    level = {0: None, 1: logging.INFO}.get(state.verbose, logging.DEBUG)
+    if level is None:
+        level = getattr(logging, (cfg.log_level if cfg else "info").upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _delegate(module: str, func: str, what: str) -> Callable[..., int]:
+    """Import the library function behind a verb; verbs whose work has not landed say so honestly."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and (module == e.name or module.startswith(e.name + ".")):
+            fail(f"{what}: not implemented yet", 2)
+        raise
+    fn = getattr(mod, func, None)
+    if fn is None:
+        fail(f"{what}: not implemented yet", 2)
+    return fn  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- verbs
+@app.command()
+def run(
+    once: Annotated[bool, typer.Option("--once", help="Poll every source once, flush and exit.")] = False,
+) -> None:
+    """Run the daemon: poll vCenter and guest agents, store samples, serve /metrics, write the daily report."""
+    cfg = state.config()
+    _setup_logging(cfg)
+    fn = _delegate("accelmon.daemon.main", "run_daemon", "run")
+    raise typer.Exit(fn(cfg, state.store(), once=once))
+
+
+@app.command()
+def agent(
+    simulate: Annotated[str | None, typer.Option(
+        "--simulate", help="Use the simulated NVML: a preset name or a simulation spec file (no GPU needed).")] = None,
+    listen: Annotated[str | None, typer.Option("--listen", help="host:port to serve /metrics on "
+                                               "(default: agent.listen from the config, 0.0.0.0:9835).")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Poll once, print the metrics and exit.")] = False,
+) -> None:
+    """Run the guest agent: read NVML in a GPU VM and serve busy/idle, PCIe, NVLink and energy counters."""
+    cfg = state.config()
+    _setup_logging(cfg)
+    fn = _delegate("accelmon.collector.agent.main", "run_agent", "agent")
+    raise typer.Exit(fn(cfg, simulate=simulate, listen=listen, once=once))
+
+
+def _parse_when(value: str | None, option: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{option}: not an ISO 8601 time: {value!r}")
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+@app.command()
+def report(
+    since: Annotated[str | None, typer.Option(
+        "--since", help='Window ending now: "7d", "24h", or "all" (default: thresholds.window, 7d).')] = None,
+    from_: Annotated[str | None, typer.Option("--from", help="Window start (ISO 8601).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Window end (ISO 8601).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output directory "
+                                             "(default: <data-dir>/reports/<time>).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the findings JSON to stdout.")] = False,
+) -> None:
+    """Write the consolidation report (report.html, findings.csv, findings.json) from stored samples."""
+    if since is not None and (from_ or to):
+        fail("--since cannot be combined with --from/--to")
+    cfg = state.config()
+    _setup_logging(cfg)
+    fn = _delegate("accelmon.report.cli", "run_report", "report")
+    raise typer.Exit(fn(state.store(), cfg, since=since, from_=_parse_when(from_, "--from"),
+                        to=_parse_when(to, "--to"), out_dir=out, json_out=json_out,
+                        progress=sys.stderr.isatty()))
+
+
+@app.command()
+def sql(
+    query: Annotated[str | None, typer.Argument(help="SQL to run; omit for an interactive session.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="Output format: table, csv or json.")] = "table",
+) -> None:
+    """Run DuckDB SQL over the store (tables and views: see docs/schema.md)."""
+    from accelmon import sqlshell
+
+    if fmt not in ("table", "csv", "json"):
+        fail(f"--format: must be table, csv or json, not {fmt!r}")
+    store = state.store()
+    if query is None:
+        raise typer.Exit(sqlshell.interactive(store))
+    raise typer.Exit(sqlshell.run_query(store, query, fmt))
+
+
+@app.command("import-trace")
+def import_trace(
+    files: Annotated[list[Path], typer.Argument(help="CSV file(s): timestamp,gpu,util_percent[,memory_used_bytes].")],
+    force: Annotated[bool, typer.Option("--force", help="Import a file again even if it was imported before.")] = False,
+) -> None:
+    """Import GPU utilization traces (CSV) as GPU samples; all or nothing per file."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from accelmon import importer
+
+    store = state.store()
+    code = 0
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  transient=True, disable=not sys.stderr.isatty(),
+                  console=Console(stderr=True)) as prog:
+        for f in files:
+            task = prog.add_task(f"importing {f.name}", total=None)
+            try:
+                res = importer.import_trace(store, f, force=force,
+                                            progress=lambda done, total, t=task: prog.update(t, completed=done,
+                                                                                            total=total))
+            except importer.TraceError as e:
+                for line in e.problems:
+                    typer.echo(line, err=True)
+                typer.echo(f"accelmon: {f}: nothing imported", err=True)
+                code = 1
+                continue
+            except UserError as e:
+                typer.echo(f"accelmon: {e}", err=True)
+                code = max(code, e.exit_code)
+                continue
+            typer.echo(f"{f}: imported {res.rows} samples of {res.gpus} GPU(s), {res.first} .. {res.last}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    duration: Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds "
+                                                   "(default: run until Ctrl-C).")] = None,
+    vms: Annotated[int, typer.Option("--vms", help="VMs in the simulated estate.")] = 60,
+) -> None:
+    """Run a simulated GPU estate end to end: vCenter simulator, GPU agents, daemon, Prometheus, report."""
+    _setup_logging()
+    fn = _delegate("accelmon.demo", "run_demo", "demo")
+    raise typer.Exit(fn(state.data_dir(), duration=duration, vms=vms))
+
+
+@app.command("check-config")
+def check_config(
+    file: Annotated[Path, typer.Argument(help="The accelmon.toml to validate.")],
+) -> None:
+    """Validate a config file: every problem on its own line (file: key: problem), exit 2 if any."""
+    cfg = load(file)
+    typer.echo(
+        f"{file}: ok ({len(cfg.vcenter)} vCenter(s), {len(cfg.agents.static)} static agent(s), "
+        f"agent discovery {'on' if cfg.agents.discovery else 'off'}, "
+        f"underutilized below {cfg.thresholds.underutilized_percent:g} %)"
+    )
+
+
+@app.command()
+def backfill(
+    prometheus: Annotated[str, typer.Option("--prometheus", help="Prometheus base URL with DCGM series.")],
+    since: Annotated[str, typer.Option("--since", help='How far back, e.g. "7d".')] = "7d",
+    step: Annotated[str, typer.Option("--step", help='Resolution, e.g. "60s".')] = "60s",
+) -> None:
+    """Import history (DCGM utilization, power, framebuffer) from a Prometheus server."""
+    from accelmon.config import parse_duration
+
+    try:
+        since_s, step_s = parse_duration(since), parse_duration(step)
+    except ValueError as e:
+        fail(f"--since/--step: {e}")
+    fn = _delegate("accelmon.collector.prometheus_backfill", "run_backfill", "backfill")
+    raise typer.Exit(fn(state.store(), prometheus, since_s, step_seconds=step_s, progress=sys.stderr.isatty()))
+
+
+@app.command()
+def compact(
+    gc: Annotated[bool, typer.Option("--gc/--no-gc", help="Also delete retired files past the grace period.")] = True,
+) -> None:
+    """Merge small Parquet files into one sorted file per table and day (the daemon does this hourly)."""
+    store = state.store()
+    results = store.compact()
+    for r in results:
+        typer.echo(f"{r.table} {r.partition}: {r.files_in} files -> 1 ({r.rows} rows, {r.bytes_out} bytes)")
+    if gc:
+        store.gc()
+    if not results:
+        typer.echo("nothing to compact")
+
+
+@app.command()
+def schema() -> None:
+    """Print the store schema (tables, columns with units, views) as Markdown."""
+    from accelmon.store.schema import render_markdown
+
+    typer.echo(render_markdown(), nl=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except ConfigError as e:
+        for line in e.lines:
+            typer.echo(line, err=True)
+        sys.exit(2)
+    except UserError as e:
+        typer.echo(f"accelmon: {e}", err=True)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # click usage errors and store errors
+        import click
+
+        from accelmon.store.writer import StoreError
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        if isinstance(e, StoreError):
+            typer.echo(f"accelmon: {e}", err=True)
+            sys.exit(2)
+        raise
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
