@@ -6,6 +6,7 @@ take the catalog file's lock and never block the daemon.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import decimal
@@ -71,10 +72,8 @@ def interactive(store: Store) -> int:
     """A small REPL: statements end with ';'. ``.tables`` lists tables and views, ``.quit`` exits."""
     import duckdb
 
-    try:
+    with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history)
-    except ImportError:
-        pass
     con = store.connect()
     print(f"accelmon sql on {store.root} (DuckDB {duckdb.__version__}); end statements with ';', .quit to exit")
     buf: list[str] = []
