@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -124,7 +125,46 @@ def _cast(col: pa.ChunkedArray, typ: pa.DataType, tname: str, cname: str) -> pa.
         raise ValueError(f"{tname}.{cname}: cannot store {col.type} as {typ}: {e}") from None
 
 
-def write_parquet(t: Table, data: pa.Table, f: Any) -> None:
+def _key_codes(col: pa.ChunkedArray) -> np.ndarray:
+    """Integer codes that sort like the column (nulls first)."""
+    typ = col.type
+    if pa.types.is_dictionary(typ):
+        col = col.cast(typ.value_type)
+        typ = typ.value_type
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_boolean(typ):
+        uniq = pc.unique(col).drop_null()
+        uniq = uniq.take(pc.array_sort_indices(uniq))
+        codes = pc.index_in(col, value_set=uniq).fill_null(-1)
+        return np.asarray(codes.to_numpy(), dtype=np.int64)
+    if pa.types.is_timestamp(typ) or pa.types.is_date(typ):
+        col = col.cast(pa.int64())
+    if pa.types.is_floating(typ):
+        return np.asarray(col.fill_null(-np.inf).to_numpy(), dtype=np.float64)
+    return np.asarray(col.fill_null(np.iinfo(np.int64).min).to_numpy(), dtype=np.int64)
+
+
+def sort_indices(data: pa.Table, keys: Sequence[str]) -> np.ndarray:
+    """Row order for compaction: by ``keys`` (last key typically the timestamp).
+
+    Fast path: a stable radix sort on the leading keys keeps arrival order within a group;
+    appended data arrives in time order, so the last key is usually already sorted. Checked,
+    with a full lexsort as the fallback."""
+    codes = [_key_codes(data.column(k)) for k in keys]
+    if len(codes) == 1:
+        return np.argsort(codes[0], kind="stable")
+    lead = codes[0]
+    for c in codes[1:-1]:
+        lead = lead * (int(c.max(initial=0)) + 2) + (c + 1)
+    idx = np.argsort(lead, kind="stable")
+    last = codes[-1][idx]
+    lead_s = lead[idx]
+    same = lead_s[1:] == lead_s[:-1]
+    if np.all(last[1:][same] >= last[:-1][same]):
+        return idx
+    return np.lexsort(tuple(reversed(codes)))
+
+
+def write_parquet(t: Table, data: pa.Table, f: Any, *, level: int = 6) -> None:
     """Write with the encodings that make time series small: dictionaries for keys,
     DELTA_BINARY_PACKED for counters and timestamps, zstd on top."""
     delta = [c for c in (*t.delta_columns, t.partition_ts) if c in data.column_names]
@@ -135,7 +175,7 @@ def write_parquet(t: Table, data: pa.Table, f: Any) -> None:
         data,
         f,
         compression="zstd",
-        compression_level=6,
+        compression_level=level,
         use_dictionary=dict_cols,
         column_encoding={c: "DELTA_BINARY_PACKED" for c in delta},
         row_group_size=1 << 20,
@@ -228,7 +268,7 @@ class Store:
             tmp = gen / f".tmp-{stem}"
             final = gen / f"{stem}.parquet"
             with open(tmp, "wb") as f:
-                write_parquet(t, data, f)
+                write_parquet(t, data, f, level=1)  # compaction rewrites it compactly
                 f.flush()
                 os.fsync(f.fileno())
             os.rename(tmp, final)
@@ -278,12 +318,10 @@ class Store:
             inputs = sorted(old.glob("*.parquet"))
             if len(inputs) < min_files:
                 return None
-            data = pa.concat_tables(
-                [to_arrow(t, pq.read_table(p)) for p in inputs], promote_options="none"
-            )
-            sort_keys = [(c, "ascending") for c in t.sort_by if c in data.column_names]
-            if sort_keys:
-                data = data.sort_by(sort_keys)
+            data = pa.concat_tables([to_arrow(t, pq.read_table(p)) for p in inputs], promote_options="none")
+            keys = [c for c in t.sort_by if c in data.column_names]
+            if keys and data.num_rows:
+                data = data.take(sort_indices(data, keys))
             m = _GEN_RE.match(old.name)
             n = int(m.group(1)) + 1 if m else 1
             new = old.parent / f"g{n:06d}"
@@ -359,9 +397,9 @@ class Store:
         """An in-memory DuckDB connection with every table and view defined.
 
         Never touches the catalog file, so it works while a user holds the catalog open."""
-        from accelmon.store.catalog import define_views
-
         import duckdb
+
+        from accelmon.store.catalog import define_views
 
         con = duckdb.connect(":memory:")
         if threads:

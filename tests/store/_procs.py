@@ -1,0 +1,60 @@
+"""Helper processes for the multi-process store tests (run as scripts, not collected)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import duckdb
+import pyarrow as pa
+
+
+def writer(data_dir: str, batches: int, rows: int, compact_every: int) -> None:
+    """Append batches; print 'ack <batch>' only after append() returned."""
+    from accelmon.store import Store
+
+    store = Store(data_dir, gc_grace_seconds=0.5)
+    start = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+    for b in range(start, start + batches):
+        now_ms = int(time.time() * 1000)
+        t = pa.table({
+            "ts": pa.array([now_ms + i for i in range(rows)], pa.timestamp("ms", tz="UTC")),
+            "gpu_uuid": [f"GPU-{i % 7}" for i in range(rows)],
+            "source": ["test"] * rows,
+            "busy_ms_total": [b * 1_000_000 + i for i in range(rows)],  # unique key per row
+        })
+        store.append("gpu_sample", t)
+        print(f"ack {b}", flush=True)
+        if compact_every and b % compact_every == compact_every - 1:
+            store.compact(["gpu_sample"])
+            store.gc()
+
+
+def reader(catalog: str, seconds: float, stop_file: str | None) -> None:
+    """Hold the catalog open read-only until ``stop_file`` exists (or ``seconds`` pass);
+    re-query all the time; report counts, duplicates and counts going back."""
+    import os
+
+    con = duckdb.connect(catalog, read_only=True)
+    print("open", flush=True)
+    end = time.time() + seconds
+    last = -1
+    while time.time() < end and not (stop_file and os.path.exists(stop_file)):
+        n, distinct = con.execute("SELECT count(*), count(DISTINCT busy_ms_total) FROM gpu_sample").fetchone()
+        if n != distinct:
+            print(f"DUPLICATES {n} {distinct}", flush=True)
+        if n < last:
+            print(f"WENT_BACK {last} {n}", flush=True)
+        last = n
+        print(f"count {n}", flush=True)
+        time.sleep(0.05)
+    n = con.execute("SELECT count(*) FROM gpu_sample").fetchone()[0]
+    print(f"count {n}", flush=True)
+    con.close()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "writer":
+        writer(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    else:
+        reader(sys.argv[2], float(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)
