@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up accelmon on a fresh Debian/Ubuntu machine: system packages (Go + govmomi for the
+# vCenter simulator, Prometheus, Chromium for the report test) and a virtualenv in .venv
+# with accelmon installed editable plus its dev tools. Idempotent; safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PKGS=(golang-go golang-github-vmware-govmomi-dev prometheus chromium python3-venv ca-certificates)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[dev]'
+echo "setup: ok ($(.venv/bin/accelmon --version))" >&2
