@@ -1,0 +1,57 @@
+"""``accelmon run``: the entry point the CLI calls."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from accelmon.config import Config
+from accelmon.daemon import redact
+from accelmon.daemon.service import Daemon
+from accelmon.errors import UserError
+from accelmon.store.writer import Store
+
+log = logging.getLogger("accelmon.daemon")
+
+
+def run_daemon(cfg: Config, store: Store, *, once: bool = False) -> int:
+    """Run the daemon until SIGTERM/SIGINT (or, with ``once``, poll every source one time,
+    flush and return). Returns the process exit code."""
+    redact.install(cfg)
+    daemon = Daemon(cfg, store)
+    daemon.prepare()
+    if once:
+        return daemon.run_once()
+
+    from accelmon.exporter.server import MetricsApp, serve
+
+    app = MetricsApp(daemon.state, cfg.exporter)
+    try:
+        server = serve(app, cfg.exporter.listen)
+    except OSError as e:
+        raise UserError(f"{cfg.source_file}: exporter.listen: cannot listen on {cfg.exporter.listen}: "
+                        f"{e.strerror or e}") from None
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; flushing and exiting", signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, on_signal)
+    daemon.start()
+    host, _, _ = cfg.exporter.listen.rpartition(":")
+    log.info(
+        "accelmon daemon running: %d source job(s), /metrics on http://%s:%d/metrics, data in %s",
+        len(daemon.runners), host or "0.0.0.0", server.port, store.root,
+    )
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        ok = daemon.stop()
+        server.stop()
+    return 0 if ok else 1

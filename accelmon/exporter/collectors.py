@@ -1,0 +1,311 @@
+"""Custom prometheus_client collectors: families built fresh at every scrape from the state.
+
+Label policy (docs/metrics.md): GPU series carry the GPU and VM identity
+(``gpu_uuid, vm_name, vm_uuid, vcenter``); VM series ``vcenter, vm_uuid, vm_name``. Host and
+cluster are never labels of sample series - they live in ``accelmon_vm_placement_info`` and
+``accelmon_gpu_placement_info``, so a vMotion never ends a series. No per-process labels.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from accelmon import __version__
+from accelmon.collector.discovery import GpuJoin, VmRecord
+from accelmon.daemon.state import DaemonState, Snapshot
+
+GPU_LABELS = ["gpu_uuid", "vm_name", "vm_uuid", "vcenter"]
+VM_LABELS = ["vcenter", "vm_uuid", "vm_name"]
+SRC_LABELS = ["source", "target"]
+
+
+def _gpu_label_values(uuid: str, j: GpuJoin | None) -> tuple[str, str, str, str]:
+    vm = j.vm if j else None
+    if vm is None:
+        return (uuid, "", "", "")
+    return (uuid, vm.vm_name, vm.vm_instance_uuid, vm.vcenter_name)
+
+
+def _vm_label_values(vm: VmRecord) -> tuple[str, str, str]:
+    return (vm.vcenter_name, vm.vm_instance_uuid, vm.vm_name)
+
+
+def _num(v: Any) -> bool:
+    return v is not None
+
+
+def _reason_code(f: dict[str, Any]) -> str:
+    """A short, bounded reason label: evidence_json.reason_code when the analytics give one."""
+    ev = f.get("evidence_json")
+    if ev:
+        try:
+            code = json.loads(ev).get("reason_code")
+        except (ValueError, AttributeError):
+            code = None
+        if code:
+            return str(code)[:64]
+    reason = (f.get("reason") or "misaligned").strip().lower()
+    word = "".join(c if c.isalnum() else "_" for c in reason.split(":")[0])[:64].strip("_")
+    return word or "misaligned"
+
+
+class GpuCollector(Collector):
+    def __init__(self, state: DaemonState, snap: Callable[[], Snapshot]) -> None:
+        self.state = state
+        self._snap = snap
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._snap()
+        C, G = CounterMetricFamily, GaugeMetricFamily
+        fam = {
+            "busy": C("accelmon_gpu_busy_seconds", "Time the driver saw the GPU busy (>0 % utilization).",
+                      labels=GPU_LABELS),
+            "idle": C("accelmon_gpu_idle_seconds", "Time the driver saw the GPU idle (0 % utilization).",
+                      labels=GPU_LABELS),
+            "util": G("accelmon_gpu_utilization_ratio", "GPU utilization over the driver's last sample period (0-1).",
+                      labels=GPU_LABELS),
+            "mutil": G("accelmon_gpu_memory_utilization_ratio", "Memory-controller utilization (0-1).",
+                       labels=GPU_LABELS),
+            "fbu": G("accelmon_gpu_fb_used_bytes", "Framebuffer in use.", labels=GPU_LABELS),
+            "fbt": G("accelmon_gpu_fb_total_bytes", "Framebuffer size.", labels=GPU_LABELS),
+            "tx": C("accelmon_gpu_pcie_tx_bytes", "PCIe bytes transmitted.", labels=GPU_LABELS),
+            "rx": C("accelmon_gpu_pcie_rx_bytes", "PCIe bytes received.", labels=GPU_LABELS),
+            "pw": G("accelmon_gpu_power_watts", "Board power draw.", labels=GPU_LABELS),
+            "en": C("accelmon_gpu_energy_joules", "Energy since the driver loaded (resets on driver reload).",
+                    labels=GPU_LABELS),
+            "ts": G("accelmon_gpu_last_sample_timestamp_seconds", "When the GPU's latest sample was measured.",
+                    labels=GPU_LABELS),
+            "under": G("accelmon_gpu_underutilized",
+                       "1 when the latest analytics run found the GPU underutilized, else 0.", labels=GPU_LABELS),
+        }
+        info = G("accelmon_gpu_info", "Identity of a GPU: source, model, VM device backing and vGPU profile.",
+                 labels=["gpu_uuid", "vm_uuid", "source", "model", "backing", "vgpu_profile", "agent"])
+        place = G("accelmon_gpu_placement_info",
+                  "Where a GPU's VM device sits now: host, cluster, host PCI id, host NUMA node (changes on vMotion).",
+                  labels=["gpu_uuid", "vm_uuid", "host", "cluster", "host_pci_id", "host_numa_node"])
+        nvtx = C("accelmon_gpu_nvlink_tx_bytes", "NVLink data bytes transmitted, per link.", labels=[*GPU_LABELS, "link"])
+        nvrx = C("accelmon_gpu_nvlink_rx_bytes", "NVLink data bytes received, per link.", labels=[*GPU_LABELS, "link"])
+
+        under = {f["subject"] for f in s.findings if f.get("kind") == "underutilized"}
+        models: dict[str, str] = {}
+        for a in s.agents.values():
+            for g in a.gpus:
+                models[g["gpu_uuid"]] = g.get("model_name") or ""
+        labels_of: dict[str, tuple[str, ...]] = {}
+        for uuid in sorted(s.gpus):
+            r = s.gpus[uuid]
+            j = s.joins.get(uuid)
+            lv = _gpu_label_values(uuid, j)
+            labels_of[uuid] = lv
+            if _num(r.get("busy_ms_total")):
+                fam["busy"].add_metric(lv, r["busy_ms_total"] / 1000.0)
+            if _num(r.get("idle_ms_total")):
+                fam["idle"].add_metric(lv, r["idle_ms_total"] / 1000.0)
+            if _num(r.get("util_percent")):
+                fam["util"].add_metric(lv, r["util_percent"] / 100.0)
+            if _num(r.get("mem_util_percent")):
+                fam["mutil"].add_metric(lv, r["mem_util_percent"] / 100.0)
+            if _num(r.get("fb_used_bytes")):
+                fam["fbu"].add_metric(lv, r["fb_used_bytes"])
+            if _num(r.get("fb_total_bytes")):
+                fam["fbt"].add_metric(lv, r["fb_total_bytes"])
+            if _num(r.get("pcie_tx_bytes_total")):
+                fam["tx"].add_metric(lv, r["pcie_tx_bytes_total"])
+            if _num(r.get("pcie_rx_bytes_total")):
+                fam["rx"].add_metric(lv, r["pcie_rx_bytes_total"])
+            if _num(r.get("power_milliwatts")):
+                fam["pw"].add_metric(lv, r["power_milliwatts"] / 1000.0)
+            if _num(r.get("energy_millijoules_total")):
+                fam["en"].add_metric(lv, r["energy_millijoules_total"] / 1000.0)
+            fam["ts"].add_metric(lv, r["ts"])
+            fam["under"].add_metric(lv, 1.0 if uuid in under else 0.0)
+            dev = j.device if j else None
+            vm = j.vm if j else None
+            info.add_metric(
+                (uuid, lv[2], r.get("source") or "", models.get(uuid, ""),
+                 (dev or {}).get("backing") or "", (dev or {}).get("vgpu_profile") or "",
+                 (j.agent_url if j else None) or ""),
+                1.0,
+            )
+            if vm is not None and dev is not None:
+                numa = dev.get("host_numa_node")
+                place.add_metric(
+                    (uuid, vm.vm_instance_uuid, vm.host_name, vm.cluster_name, dev.get("host_pci_id") or "",
+                     "" if numa is None else str(numa)),
+                    1.0,
+                )
+        for (uuid, link), (tx, rx) in sorted(s.nvlink.items()):
+            lv = labels_of.get(uuid)
+            if lv is None:
+                continue
+            if tx is not None:
+                nvtx.add_metric([*lv, str(link)], tx)
+            if rx is not None:
+                nvrx.add_metric([*lv, str(link)], rx)
+        yield from fam.values()
+        yield from (info, place, nvtx, nvrx)
+
+
+class VmCollector(Collector):
+    def __init__(self, snap: Callable[[], Snapshot]) -> None:
+        self._snap = snap
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._snap()
+        C, G = CounterMetricFamily, GaugeMetricFamily
+        place = G("accelmon_vm_placement_info",
+                  "Current host and cluster of a GPU VM (an info metric: vMotion changes this, not the VM's series).",
+                  labels=[*VM_LABELS, "host", "cluster"])
+        devs = G("accelmon_vm_gpu_devices", "GPU devices (passthrough, vGPU, dynamic) configured on the VM.",
+                 labels=VM_LABELS)
+        pw = G("accelmon_vm_power_watts", "VM power (vCenter power.power.average, latest 20 s interval).",
+               labels=VM_LABELS)
+        en = C("accelmon_vm_energy_joules",
+               "VM energy (sum of vCenter power.energy.summation intervals seen since the daemon started).",
+               labels=VM_LABELS)
+        mig = C("accelmon_vm_migrations", "Successful vMotions of the VM seen since the daemon started.",
+                labels=VM_LABELS)
+        migf = C("accelmon_vm_migration_failures", "Failed vMotions of the VM seen since the daemon started.",
+                 labels=VM_LABELS)
+        stun = C("accelmon_vm_stun_seconds", "Total vMotion stun time of the VM seen since the daemon started.",
+                 labels=VM_LABELS)
+        last = G("accelmon_vm_last_stun_seconds", "Stun time of the VM's latest vMotion.", labels=VM_LABELS)
+        numa = G("accelmon_vm_numa_misaligned",
+                 "1 when the latest analytics run found the VM's vCPUs/memory on another NUMA node than its GPU.",
+                 labels=[*VM_LABELS, "reason"])
+        hist = HistogramMetricFamily("accelmon_vmotion_stun_seconds",
+                                     "vMotion stun time (vmware.log Checkpoint_Unstun) per cluster.",
+                                     labels=["vcenter", "cluster"])
+        hpw = G("accelmon_host_power_watts", "Host power (vCenter power.power.average).", labels=["vcenter", "host"])
+        hen = C("accelmon_host_energy_joules", "Host energy seen since the daemon started.", labels=["vcenter", "host"])
+        joined = G("accelmon_agent_joined",
+                   "1 when the agent's SMBIOS UUID matched a vCenter VM's BIOS UUID, 0 when it is unjoined.",
+                   labels=["agent", "hostname", "vm_bios_uuid"])
+
+        misaligned: dict[tuple[str, str], str] = {}
+        for f in s.findings:
+            if f.get("kind") == "numa_misaligned":
+                misaligned[(f.get("vcenter_uuid") or "", f["subject"])] = _reason_code(f)
+        for key in sorted(s.vms):
+            vm = s.vms[key]
+            lv = _vm_label_values(vm)
+            place.add_metric([*lv, vm.host_name, vm.cluster_name], 1.0)
+            devs.add_metric(lv, float(len(vm.devices)))
+            reason = misaligned.get(key)
+            if reason is None:
+                reason = misaligned.get(("", vm.vm_moref))
+            numa.add_metric([*lv, reason or ""], 1.0 if reason else 0.0)
+            p = s.vm_power.get(key)
+            if p is not None:
+                if p.power_watts is not None:
+                    pw.add_metric(lv, p.power_watts)
+                en.add_metric(lv, p.energy_joules_total)
+            m = s.migrations.get(key)
+            if m is not None:
+                mig.add_metric(lv, m.succeeded_total)
+                migf.add_metric(lv, m.failed_total)
+                stun.add_metric(lv, m.stun_seconds_total)
+                if m.last_stun_seconds is not None:
+                    last.add_metric(lv, m.last_stun_seconds)
+        for (vc, cluster), h in sorted(s.stun_hist.items()):
+            buckets = [(_le(b), float(c)) for b, c in zip(h.buckets, h.counts, strict=True)]
+            buckets.append(("+Inf", float(h.n)))
+            hist.add_metric([s.vcenter_names.get(vc, vc), cluster], buckets, h.total)
+        for (vc, host), p in sorted(s.host_power.items()):
+            hname = (s.hosts.get((vc, host)) or {}).get("host_name") or host
+            lv2 = [s.vcenter_names.get(vc, vc), hname]
+            if p.power_watts is not None:
+                hpw.add_metric(lv2, p.power_watts)
+            hen.add_metric(lv2, p.energy_joules_total)
+        for url in sorted(s.agents):
+            a = s.agents[url]
+            joined.add_metric([url, a.hostname or "", a.vm_bios_uuid], 1.0 if s.agent_joined.get(url) else 0.0)
+        yield from (place, devs, pw, en, mig, migf, stun, last, numa, hist, hpw, hen, joined)
+
+
+def _le(b: float) -> str:
+    return repr(float(b))
+
+
+class SelfCollector(Collector):
+    def __init__(self, snap: Callable[[], Snapshot], started: float) -> None:
+        self._snap = snap
+        self.started = started
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._snap()
+        C, G = CounterMetricFamily, GaugeMetricFamily
+        ok = G("accelmon_source_success", "1 when the source's latest poll succeeded.", labels=SRC_LABELS)
+        dur = G("accelmon_source_duration_seconds", "Duration of the source's latest poll.", labels=SRC_LABELS)
+        err = C("accelmon_source_errors", "Failed polls of the source.", labels=SRC_LABELS)
+        oerr = C("accelmon_source_object_errors",
+                 "Objects (a VM, a host, a GPU) a poll could not read while the poll itself succeeded.",
+                 labels=SRC_LABELS)
+        polls = C("accelmon_source_polls", "Polls of the source (successful or not).", labels=SRC_LABELS)
+        last = G("accelmon_source_last_success_timestamp_seconds", "When the source last polled successfully.",
+                 labels=SRC_LABELS)
+        for h in sorted(s.sources, key=lambda h: (h.kind, h.target)):
+            lv = (h.kind, h.target)
+            if h.success is not None:
+                ok.add_metric(lv, 1.0 if h.success else 0.0)
+                dur.add_metric(lv, h.last_duration_s)
+            err.add_metric(lv, h.errors_total)
+            oerr.add_metric(lv, h.object_errors_total)
+            polls.add_metric(lv, h.polls_total)
+            if h.last_success_ts:
+                last.add_metric(lv, h.last_success_ts)
+        written = C("accelmon_source_samples_written",
+                    "Rows the sources produced, per source kind and table (buffered; see accelmon_store_rows_written).",
+                    labels=["source", "table"])
+        for (kind, t), n in sorted(s.samples_written.items()):
+            written.add_metric((kind, t), n)
+        yield from (ok, dur, err, oerr, polls, last, written)
+
+        st = s.store
+        w = C("accelmon_store_rows_written", "Rows durably written to the store (acknowledged), per table.",
+              labels=["table"])
+        for t, n in sorted(st.rows_written_total.items()):
+            w.add_metric([t], n)
+        werr = C("accelmon_store_write_errors", "Failed store writes, by reason (disk_full, read_only, permission, io).",
+                 labels=["reason"])
+        for reason in sorted({"disk_full", "read_only", "permission", "io", *st.write_errors_total}):
+            werr.add_metric([reason], st.write_errors_total.get(reason, 0))
+        yield w
+        yield werr
+        yield G("accelmon_store_writable", "0 while writes to the data dir fail (disk full, read-only).",
+                value=1.0 if st.writable else 0.0)
+        yield G("accelmon_store_rows_buffered", "Rows waiting in memory for the next flush.", value=st.rows_buffered)
+        yield C("accelmon_store_rows_dropped", "Rows dropped because the write buffer overflowed while the store "
+                "could not be written.", value=st.rows_dropped_total)
+        yield G("accelmon_store_last_flush_timestamp_seconds", "When the write buffer was last flushed.",
+                value=st.last_flush_ts)
+        yield C("accelmon_store_compactions", "Partitions compacted.", value=st.compactions_total)
+        yield C("accelmon_store_partitions_dropped", "Partitions dropped by retention.",
+                value=st.partitions_dropped_total)
+
+        jok = G("accelmon_job_success", "1 when the housekeeping job's latest run succeeded.", labels=["job"])
+        jdur = G("accelmon_job_duration_seconds", "Duration of the job's latest run.", labels=["job"])
+        jerr = C("accelmon_job_errors", "Failed runs of the job.", labels=["job"])
+        jlast = G("accelmon_job_last_success_timestamp_seconds", "When the job last succeeded.", labels=["job"])
+        for j in sorted(s.jobs, key=lambda j: j.name):
+            if j.success is not None:
+                jok.add_metric([j.name], 1.0 if j.success else 0.0)
+                jdur.add_metric([j.name], j.last_duration_s)
+            jerr.add_metric([j.name], j.errors_total)
+            if j.last_success_ts:
+                jlast.add_metric([j.name], j.last_success_ts)
+        yield from (jok, jdur, jerr, jlast)
+        b = G("accelmon_build_info", "accelmon version.", labels=["version"])
+        b.add_metric([__version__], 1.0)
+        yield b
+        yield G("accelmon_daemon_start_time_seconds", "When the daemon started.", value=self.started)

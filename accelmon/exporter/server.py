@@ -1,0 +1,211 @@
+"""The /metrics HTTP endpoint.
+
+Families come from prometheus_client collectors (a ``CollectorRegistry``), rendered in the
+Prometheus text format 0.0.4. The renderer is prometheus_client's format with one change
+for speed: each distinct label set is escaped and formatted once and cached (2,000 GPUs ×
+~15 families = 30,000+ samples; ``generate_latest`` takes ~200 ms for that on this
+machine, the cached renderer ~40 ms). A test checks both give the same text.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import Metric
+from prometheus_client.utils import floatToGoString
+
+from accelmon.config import ExporterConfig
+from accelmon.daemon.state import DaemonState, Snapshot
+from accelmon.exporter.collectors import GpuCollector, SelfCollector, VmCollector
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class SnapshotProvider:
+    """One state snapshot per scrape, shared by all collectors of that scrape."""
+
+    def __init__(self, state: DaemonState) -> None:
+        self.state = state
+        self._local = threading.local()
+
+    def __call__(self) -> Snapshot:
+        s = getattr(self._local, "snap", None)
+        return s if s is not None else self.state.snapshot()
+
+    @contextmanager
+    def scrape(self) -> Iterator[Snapshot]:
+        self._local.snap = self.state.snapshot()
+        try:
+            yield self._local.snap
+        finally:
+            self._local.snap = None
+
+
+class NameFilter:
+    """``exporter.include`` / ``exporter.exclude``: fnmatch patterns on family names
+    (a counter matches with or without ``_total``)."""
+
+    def __init__(self, include: Iterable[str], exclude: Iterable[str]) -> None:
+        self.include = list(include)
+        self.exclude = list(exclude)
+
+    def __call__(self, name: str) -> bool:
+        names = (name, name + "_total")
+        if self.include and not any(fnmatch.fnmatchcase(n, p) for n in names for p in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(n, p) for n in names for p in self.exclude)
+
+
+def _esc(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _esc_help(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+class Renderer:
+    def __init__(self) -> None:
+        self._cache: dict[tuple[tuple[str, str], ...], str] = {}
+
+    def _labels(self, items: tuple[tuple[str, str], ...]) -> str:
+        s = self._cache.get(items)
+        if s is None:
+            s = "{" + ",".join(f'{k}="{_esc(v)}"' for k, v in items) + "}" if items else ""
+            if len(self._cache) > 500_000:
+                self._cache.clear()
+            self._cache[items] = s
+        return s
+
+    def render(self, families: Iterable[Metric]) -> bytes:
+        out: list[str] = []
+        ap = out.append
+        for f in families:
+            name = f.name
+            typ = f.type
+            if typ == "counter":
+                name += "_total"
+            elif typ == "info":
+                name += "_info"
+                typ = "gauge"
+            elif typ in ("gaugehistogram", "unknown", "stateset"):
+                typ = {"gaugehistogram": "histogram", "unknown": "untyped", "stateset": "gauge"}[typ]
+            ap(f"# HELP {name} {_esc_help(f.documentation)}\n# TYPE {name} {typ}\n")
+            lab = self._labels
+            for s in f.samples:
+                sname = s.name
+                if f.type == "counter" and sname.endswith("_created"):
+                    continue
+                ap(f"{sname}{lab(tuple(s.labels.items()))} {floatToGoString(s.value)}\n")
+        return "".join(out).encode()
+
+
+class MetricsApp:
+    def __init__(self, state: DaemonState, cfg: ExporterConfig, *, process_metrics: bool = True) -> None:
+        self.provider = SnapshotProvider(state)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(GpuCollector(state, self.provider))
+        self.registry.register(VmCollector(self.provider))
+        self.registry.register(SelfCollector(self.provider, state.started))
+        if process_metrics:
+            self.registry.register(ProcessCollector(registry=None))
+        self.filter = NameFilter(cfg.include, cfg.exclude)
+        self.renderer = Renderer()
+        self._render_lock = threading.Lock()
+        self.last_scrape_s = 0.0
+
+    def families(self) -> list[Metric]:
+        return [f for f in self.registry.collect() if self.filter(f.name)]
+
+    def render(self) -> bytes:
+        t0 = time.perf_counter()
+        with self.provider.scrape(), self._render_lock:
+            body = self.renderer.render(self.families())
+        self.last_scrape_s = time.perf_counter() - t0
+        return body
+
+
+class _Handler(BaseHTTPRequestHandler):
+    app: MetricsApp
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server API
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            try:
+                body = self.app.render()
+            except Exception as e:  # noqa: BLE001
+                log.exception("rendering /metrics failed")
+                self._send(500, f"error: {type(e).__name__}\n".encode(), "text/plain")
+                return
+            enc = None
+            if "gzip" in (self.headers.get("Accept-Encoding") or ""):
+                body = gzip.compress(body, compresslevel=1)
+                enc = "gzip"
+            self._send(200, body, CONTENT_TYPE, enc)
+        elif path == "/healthz":
+            self._send(200, b"ok\n", "text/plain")
+        elif path == "/":
+            self._send(200, b'<html><body><a href="/metrics">/metrics</a></body></html>\n', "text/html")
+        else:
+            self._send(404, b"not found\n", "text/plain")
+
+    def _send(self, code: int, body: bytes, ctype: str, enc: str | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        if enc:
+            self.send_header("Content-Encoding", enc)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence per-request logs
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class MetricsServer:
+    def __init__(self, app: MetricsApp, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        host = host.strip("[]") or "0.0.0.0"
+        handler = type("Handler", (_Handler,), {"app": app})
+        server_cls = _Server6 if ":" in host else _Server
+        self.httpd = server_cls((host, int(port)), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    def start(self) -> MetricsServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def serve(app: MetricsApp, listen: str) -> MetricsServer:
+    return MetricsServer(app, listen).start()
+
