@@ -1,7 +1,7 @@
 """The store schema: the contract between collectors (writers) and analytics (readers).
 
 Every table is described here once, column by column, with units in the column names.
-docs/schema.md is generated from this module (``python -m accelmon.store.schema``) and a
+docs/schema.md is generated from this module (``accelmon schema > docs/schema.md``) and a
 test checks it is up to date.
 
 Conventions
@@ -417,7 +417,7 @@ def render_markdown() -> str:
     out = [
         "# accelmon store schema",
         "",
-        "Generated from `accelmon/store/schema.py` by `python -m accelmon.store.schema > docs/schema.md`;",
+        "Generated from `accelmon/store/schema.py` by `accelmon schema > docs/schema.md`;",
         "a test fails when this file is out of date. See `docs/store.md` for the storage design.",
         "",
         (__doc__ or "").split("Conventions\n-----------\n", 1)[-1].strip(),
