@@ -25,9 +25,9 @@ def accelmon(*args: str, data_dir: Path | None = None, env: dict[str, str] | Non
 
 
 def _commands() -> list[str]:
-    from accelmon.cli import app
-
     import typer.main
+
+    from accelmon.cli import app
 
     group = typer.main.get_command(app)
     return sorted(group.commands)  # type: ignore[attr-defined]
