@@ -1,0 +1,293 @@
+"""``VCenterSource``: the vCenter source behind the :class:`accelmon.collector.base.Source` interface.
+
+Three jobs share one session (see :meth:`VCenterSource.jobs`), serialized per vCenter:
+
+* ``vcenter.inventory`` (``inventory_interval``): inventory deltas; a full snapshot of the
+  inv_* tables is written only when something changed (and on the first poll)
+* ``vcenter.perf`` (``perf_interval``): power/energy of every GPU VM and host
+* ``vcenter.events`` (``events_interval``): vMotions, joined with the stun time from vmware.log
+
+``collect`` runs all three (``accelmon run --once``, tests, benchmark).  Cursors live in
+``<data-dir>/state/vcenter-<uuid>.json`` and are saved after the rows they cover.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from accelmon.collector.base import CollectResult
+from accelmon.collector.vcenter import events as ev
+from accelmon.collector.vcenter import perf, stunlog
+from accelmon.collector.vcenter.inventory import Inventory, PollStats
+from accelmon.collector.vcenter.session import VCenterSession
+from accelmon.collector.vcenter.state import VCenterState, load_state, save_state, state_path
+
+from accelmon.config import VCenterConfig
+from accelmon.store.schema import table
+from accelmon.store.writer import to_arrow
+
+log = logging.getLogger(__name__)
+
+UTC = dt.UTC
+
+
+def _dt(t: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(t, UTC)
+
+
+class VCenterSource:
+    """One vCenter. ``name = "vcenter"``; ``target`` is the SDK URL (no credentials)."""
+
+    name = "vcenter"
+
+    def __init__(self, cfg: VCenterConfig, *, data_dir: str | Path | None = None) -> None:
+        self.cfg = cfg
+        self.target = cfg.url
+        self.session = VCenterSession(cfg)
+        self.inventory = Inventory(self.session)
+        self._data_dir = Path(data_dir) if data_dir is not None else None
+        self._state: VCenterState | None = None
+        self._state_file: Path | None = None
+        self._counters: dict[str, int] | None = None
+        self._lock = threading.RLock()
+        self._inventory_polled = False
+        # counters for the exporter (monotonic)
+        self.log_lines_total = 0
+        self.log_garbage_lines_total = 0
+        self.relogins_total = 0
+        self.last_inventory: PollStats | None = None
+
+    # ------------------------------------------------------------------ Source API
+    def jobs(self) -> list[tuple[str, float, Any]]:
+        return [
+            ("vcenter.inventory", self.cfg.inventory_interval, self.collect_inventory),
+            ("vcenter.perf", self.cfg.perf_interval, self.collect_perf),
+            ("vcenter.events", self.cfg.events_interval, self.collect_events),
+        ]
+
+    def collect(self, store: Any) -> CollectResult:
+        res = CollectResult()
+        with self._lock:
+            self._inventory(store, res)
+            self._perf(store, res)
+            self._events(store, res)
+        return res
+
+    def collect_inventory(self, store: Any) -> CollectResult:
+        res = CollectResult()
+        with self._lock:
+            self._inventory(store, res)
+        return res
+
+    def collect_perf(self, store: Any) -> CollectResult:
+        res = CollectResult()
+        with self._lock:
+            if not self._inventory_polled:
+                self._inventory(store, res)
+            self._perf(store, res)
+        return res
+
+    def collect_events(self, store: Any) -> CollectResult:
+        res = CollectResult()
+        with self._lock:
+            if not self._inventory_polled:
+                self._inventory(store, res)
+            self._events(store, res)
+        return res
+
+    def close(self) -> None:
+        with self._lock:
+            self.session.close()
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def vcenter_uuid(self) -> str:
+        return self.inventory.vcenter_uuid or ""
+
+    def _write(self, store: Any, res: CollectResult, name: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        data = to_arrow(table(name), rows)
+        n = store.append(name, data)
+        res.add(name, int(n) if isinstance(n, int) else data.num_rows)
+        res.tables[name] = data
+
+    def _state_for(self, store: Any) -> VCenterState:
+        if self._state is not None:
+            return self._state
+        root = self._data_dir or getattr(store, "root", None)
+        if root is not None and self.vcenter_uuid:
+            self._state_file = state_path(root, self.vcenter_uuid)
+            self._state = load_state(self._state_file)
+        else:
+            self._state = VCenterState()
+        if not self._state.perf_vm and not self._state.perf_host:
+            self._cursors_from_store(store, self._state)
+        return self._state
+
+    def _cursors_from_store(self, store: Any, st: VCenterState) -> None:
+        """Without a state file, resume perf from what the store already has (never store twice)."""
+        connect = getattr(store, "connect", None)
+        if connect is None:
+            return
+        try:
+            con = connect()
+            for tbl, col, dest in (("vm_power_sample", "vm_moref", st.perf_vm),
+                                   ("host_power_sample", "host_moref", st.perf_host)):
+                q = f"SELECT {col}, epoch_ms(max(ts)) FROM {tbl} WHERE vcenter_uuid = ? GROUP BY 1"
+                for moref, ms in con.execute(q, [self.vcenter_uuid]).fetchall():
+                    dest[moref] = ms / 1000.0
+            allts = list(st.perf_vm.values()) + list(st.perf_host.values())
+            if allts:
+                st.perf_last_ts = max(allts)
+            con.close()
+        except Exception as e:  # noqa: BLE001 - a fresh data dir, or a store being compacted
+            log.debug("vCenter %s: no perf cursors from the store: %s", self.target, e)
+
+    def _save(self) -> None:
+        if self._state is not None and self._state_file is not None:
+            save_state(self._state_file, self._state)
+
+    # ------------------------------------------------------------------ inventory
+    def _inventory(self, store: Any, res: CollectResult) -> None:
+        gen = self.session.generation
+        st = self.inventory.poll()
+        if gen and self.session.generation != gen:
+            self.relogins_total += 1
+        self.last_inventory = st
+        self._inventory_polled = True
+        rows = self.inventory.snapshot_if_changed(dt.datetime.now(UTC), self.cfg.url, self.cfg.name)
+        try:
+            for name in ("inv_vcenter", "inv_host", "inv_numa_node", "inv_host_pci", "inv_vm", "inv_vm_gpu"):
+                self._write(store, res, name, rows.get(name, []))
+        except BaseException:
+            self.inventory.forget_snapshot()
+            raise
+
+    # ------------------------------------------------------------------ perf
+    def _perf(self, store: Any, res: CollectResult) -> None:
+        state = self._state_for(store)
+        if self._counters is None:
+            pcs = self.session.call(lambda: self.session.content.perfManager.perfCounter)
+            self._counters = perf.counter_ids(pcs)
+            missing = {perf.POWER, perf.ENERGY} - set(self._counters)
+            if missing:
+                res.errors.append(f"perf counter(s) not offered by this vCenter: {', '.join(sorted(missing))}")
+        m = self.inventory.model
+        vms = [v for v in m.gpu_vm_morefs() if m._p(v).get("runtime.powerState") == "poweredOn"]
+        hosts = [h for h in m.host_morefs() if m._p(h).get("runtime.connectionState") in (None, "connected")]
+        now = time.time()
+        cursors = {**state.perf_host, **state.perf_vm}
+        poll = perf.query_power(
+            self.session,
+            [(v, "VirtualMachine") for v in vms] + [(h, "HostSystem") for h in hosts],
+            cursors,
+            self._counters,
+            now,
+        )
+        uuid = self.vcenter_uuid
+        inst = {v: m._p(v).get("config.instanceUuid") for v in vms}
+        vm_rows, host_rows = [], []
+        for s in poll.samples:
+            row = {"ts": _dt(s.ts), "vcenter_uuid": uuid, "interval_seconds": s.interval,
+                   "power_watts": s.power_watts, "energy_joules": s.energy_joules}
+            if s.kind == "VirtualMachine":
+                vm_rows.append({**row, "vm_moref": s.moref, "vm_instance_uuid": inst.get(s.moref)})
+            else:
+                host_rows.append({**row, "host_moref": s.moref})
+        gap = perf.lost_stretch(state.perf_last_ts, now)
+        gap_rows = []
+        if gap is not None:
+            gap_rows.append({
+                "gap_start": _dt(gap[0]), "gap_end": _dt(gap[1]), "source": self.name, "target": self.target,
+                "reason": "no perf poll for longer than vCenter's 1 h realtime window: "
+                          "power/energy samples in between are lost",
+            })
+        self._write(store, res, "collection_gap", gap_rows)
+        self._write(store, res, "vm_power_sample", vm_rows)
+        self._write(store, res, "host_power_sample", host_rows)
+        for s in poll.samples:
+            d = state.perf_vm if s.kind == "VirtualMachine" else state.perf_host
+            if s.ts > d.get(s.moref, 0.0):
+                d[s.moref] = s.ts
+        if poll.samples:
+            state.perf_last_ts = max(state.perf_last_ts or 0.0, max(s.ts for s in poll.samples))
+        elif state.perf_last_ts is None or gap is not None:
+            state.perf_last_ts = now - perf.REALTIME_INTERVAL
+        self._save()
+
+    # ------------------------------------------------------------------ events
+    def _events(self, store: Any, res: CollectResult) -> None:
+        state = self._state_for(store)
+        events = ev.read_events(self.session, state)
+        now = time.time()
+        migrations = ev.pair(events, state, now)
+        m = self.inventory.model
+        rows = []
+        parsed: dict[str, list[stunlog.StunRecord]] = {}
+        for mig in migrations:
+            vgpu, fb = m.vm_vgpu_fb(mig.vm_moref)
+            stun = None
+            if mig.vm_moref in m.gpu_vms:
+                if mig.vm_moref not in parsed:
+                    parsed[mig.vm_moref] = self._read_log(mig.vm_moref, mig.datacenter_name, state, res)
+                stun = stunlog.match_stun(
+                    parsed[mig.vm_moref],
+                    _dt(mig.started_at) if mig.started_at else None,
+                    _dt(mig.ended_at),
+                )
+            _, cl_name = m.cluster_of(mig.dst_host_moref)
+            reason = mig.failure_reason
+            if stun is not None and stun.failure_reason:
+                reason = stun.failure_reason
+            rows.append({
+                "started_at": _dt(mig.started_at) if mig.started_at else None,
+                "ended_at": _dt(mig.ended_at),
+                "vcenter_uuid": self.vcenter_uuid,
+                "chain_id": mig.chain_id,
+                "vm_moref": mig.vm_moref,
+                "vm_instance_uuid": m._p(mig.vm_moref).get("config.instanceUuid"),
+                "vm_name": mig.vm_name,
+                "cluster_name": mig.cluster_name or cl_name,
+                "src_host_moref": mig.src_host_moref,
+                "dst_host_moref": mig.dst_host_moref,
+                "src_host_name": mig.src_host_name,
+                "dst_host_name": mig.dst_host_name,
+                "drs": mig.drs,
+                "succeeded": mig.succeeded and not (stun is not None and stun.failure_reason),
+                "failure_reason": reason,
+                "stun_seconds": stun.stun_seconds if stun is not None else None,
+                "vgpu_attached": vgpu or bool(stun is not None and stun.vgpu),
+                "vgpu_fb_bytes": fb,
+            })
+        self._write(store, res, "vmotion", rows)
+        for mig in migrations:
+            state.mark_emitted(mig.chain_id)
+        self._save()
+
+    def _read_log(self, vm: str, dc_name: str | None, state: VCenterState,
+                  res: CollectResult) -> list[stunlog.StunRecord]:
+        m = self.inventory.model
+        dc, logdir = m.vm_dc_and_logdir(vm)
+        url = stunlog.log_url(logdir or "", dc_name or dc or "")
+        if url is None:
+            return []
+        cur_raw = state.logs.get(vm)
+        cur = stunlog.LogCursor.from_json(cur_raw) if cur_raw and cur_raw.get("url") == url else stunlog.LogCursor(url)
+        try:
+            chunks, new_cur = stunlog.fetch_new(self.session.http_get, cur)
+        except Exception as e:  # noqa: BLE001 - a log we cannot read only costs the stun time
+            res.errors.append(f"{vm}: vmware.log not readable: {e}")
+            return []
+        p = stunlog.parse_chunks(chunks)
+        self.log_lines_total += p.stats.lines
+        self.log_garbage_lines_total += p.stats.garbage_lines
+        if p.stats.garbage_lines:
+            res.errors.append(f"{vm}: vmware.log: skipped {p.stats.garbage_lines} unparseable line(s)")
+        state.logs[vm] = new_cur.to_json()
+        return p.records
