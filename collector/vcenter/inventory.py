@@ -555,7 +555,7 @@ class Inventory:
         while True:
             try:
                 data = self._wait(version)
-            except (vmodl.fault.InvalidArgument, vim.fault.InvalidCollectorVersion):
+            except (vmodl.fault.InvalidArgument, vmodl.query.InvalidCollectorVersion):
                 if not version:
                     raise
                 self._version = ""  # the server forgot our version: read everything again

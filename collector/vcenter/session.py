@@ -40,6 +40,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 COOKIE_NAME = "vmware_soap_session"
+SOAP_HEAD = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<soapenv:Envelope '
+    b'xmlns:soapenc="http://schemas.xmlsoap.org/soap/encoding/" '
+    b'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+    b'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:xsd="http://www.w3.org/2001/XMLSchema">\n'
+    b"<soapenv:Body>"
+)
+SOAP_TAIL = b"</soapenv:Body>\n</soapenv:Envelope>"
 
 
 class VCenterError(UserError):
@@ -210,15 +218,17 @@ class VCenterSession:
         raise AssertionError("unreachable")
 
     # ----------------------------------------------------------------- raw SOAP
-    def invoke_raw(self, mo: Any, method: str, *args: Any) -> bytes:
+    def invoke_raw(self, mo: Any, method: str, *args: Any, body: bytes | None = None) -> bytes:
         """Call a vSphere method and return the response XML undeserialized.
 
         For the few calls whose answers are large (the inventory), where pyVmomi's
-        pure-Python object deserialization is the bottleneck.  Faults are deserialized and
-        raised exactly as pyVmomi would (so :meth:`call` re-logs in on NotAuthenticated)."""
+        pure-Python object deserialization is the bottleneck.  ``body`` is the SOAP body
+        content when the caller serialized the request itself (``args`` are then unused).
+        Faults are deserialized and raised exactly as pyVmomi would (so :meth:`call` re-logs
+        in on NotAuthenticated)."""
         stub = self.stub
         info = type(mo)._GetMethodInfo(method)
-        req = stub.SerializeRequest(mo, info, list(args))
+        req = stub.SerializeRequest(mo, info, list(args)) if body is None else SOAP_HEAD + body + SOAP_TAIL
         headers = {
             "Cookie": stub.cookie,
             "SOAPAction": stub.versionId,
