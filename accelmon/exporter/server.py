@@ -83,7 +83,8 @@ class Renderer:
     def _labels(self, items: tuple[tuple[str, str], ...]) -> str:
         s = self._cache.get(items)
         if s is None:
-            s = "{" + ",".join(f'{k}="{_esc(v)}"' for k, v in items) + "}" if items else ""
+            # sorted by label name, as prometheus_client >= 0.21 writes them
+            s = "{" + ",".join(f'{k}="{_esc(v)}"' for k, v in sorted(items)) + "}" if items else ""
             if len(self._cache) > 500_000:
                 self._cache.clear()
             self._cache[items] = s
