@@ -4,6 +4,8 @@ A spec (TOML or JSON) lists GPUs::
 
     speed = 1.0                 # simulated seconds per real second (1 = real time)
     driver_version = "550.90.07"
+    vm_bios_uuid = "42023081-331b-58e1-2730-ca560789e551"  # what the agent reports (default: this machine's)
+    hostname = "gpu-vm-01"
 
     [[gpu]]
     model = "A100-SXM4-40GB"    # A100-SXM4-40GB | H100 | L4 | T4
@@ -92,6 +94,8 @@ class SimSpec:
     seed: int = 1
     base_dir: Path | None = None
     name: str = "custom"
+    vm_bios_uuid: str | None = None  # the VM identity the simulated agent reports (default: this machine's)
+    hostname: str | None = None
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -121,6 +125,7 @@ _GPU_KEYS = {
 }
 _TOP_KEYS = {
     "gpu", "speed", "driver_version", "nvml_version", "cuda_driver_version", "ring_size", "sample_period_s", "seed",
+    "vm_bios_uuid", "hostname",
 }
 
 
@@ -215,6 +220,8 @@ def parse_spec(raw: dict[str, Any], source: str = "<spec>", base_dir: Path | Non
         sample_period_s=float(period),
         seed=seed,
         base_dir=base_dir,
+        vm_bios_uuid=str(raw["vm_bios_uuid"]) if "vm_bios_uuid" in raw else None,
+        hostname=str(raw["hostname"]) if "hostname" in raw else None,
     )
 
 

@@ -1,0 +1,168 @@
+"""The agent's HTTP endpoint: ``/metrics`` (optionally behind a bearer token, optionally TLS), ``/healthz``.
+
+Each request is served in its own thread from the latest poll snapshot, so a scrape never
+waits for NVML.  The token is compared in constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hmac
+import logging
+import socket
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from accelmon.collector.agent.metrics import make_registry, render
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from accelmon.errors import UserError
+
+log = logging.getLogger("accelmon.agent")
+
+
+class TokenSource:
+    """A bearer token given inline or in a file (re-read when the file changes, for rotation)."""
+
+    def __init__(self, token: str | None = None, token_file: Path | None = None) -> None:
+        self._token = token.encode() if token else None
+        self._file = token_file
+        self._mtime: float | None = None
+        if token_file is not None:
+            self._load()
+
+    def _load(self) -> None:
+        assert self._file is not None
+        try:
+            st = self._file.stat()
+            if self._mtime != st.st_mtime:
+                self._token = self._file.read_text().strip().encode() or None
+                self._mtime = st.st_mtime
+        except OSError as e:
+            if self._token is None:
+                raise UserError(f"agent.token_file: cannot read {self._file}: {e.strerror}") from None
+            log.warning("agent.token_file: cannot re-read %s (%s); keeping the previous token", self._file, e.strerror)
+
+    @property
+    def enabled(self) -> bool:
+        return self._token is not None or self._file is not None
+
+    def check(self, header: str | None) -> bool:
+        if not self.enabled:
+            return True
+        if self._file is not None:
+            self._load()
+        if not header or not header.startswith("Bearer ") or self._token is None:
+            return False
+        return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), self._token)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(f'agent.listen: not host:port: "{listen}"')
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: AgentHTTPServer
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # a client that stalls does not hold a thread forever
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("http %s - %s", self.address_string(), format % args)
+
+    def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8", extra: dict[str, str] | None = None) -> None:
+        gz = "gzip" in (self.headers.get("Accept-Encoding") or "") and len(body) > 1024
+        if gz:
+            body = gzip.compress(body, compresslevel=1)
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        if gz:
+            self.send_header("Content-Encoding", "gzip")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:  # noqa: N802 - stdlib naming
+        self.do_GET()
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        path = self.path.split("?", 1)[0]
+        srv = self.server
+        if path == "/healthz":
+            if srv.agent.healthy():
+                self._send(200, b"ok\n")
+            else:
+                self._send(503, b"no recent NVML poll\n")
+            return
+        if path == "/metrics":
+            if not srv.tokens.check(self.headers.get("Authorization")):
+                self._send(401, b"missing or wrong bearer token\n", extra={"WWW-Authenticate": 'Bearer realm="accelmon"'})
+                return
+            self._send(200, render(srv.registry), CONTENT_TYPE_LATEST)
+            return
+        if path == "/":
+            self._send(200, b"accelmon agent: /metrics, /healthz\n")
+            return
+        self._send(404, b"not found\n")
+
+
+class AgentHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, agent: Any, listen: str, *, tokens: TokenSource | None = None,
+                 tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
+        host, port = parse_listen(listen)
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        self.agent = agent
+        self.tokens = tokens or TokenSource()
+        self.registry = make_registry(agent)
+        self.tls = tls_cert is not None
+        try:
+            super().__init__((host, port), _Handler)
+        except OSError as e:
+            raise UserError(f"agent.listen: cannot listen on {listen}: {e.strerror or e}") from None
+        if tls_cert is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            try:
+                ctx.load_cert_chain(str(tls_cert), str(tls_key) if tls_key else None)
+            except (OSError, ssl.SSLError) as e:
+                self.server_close()
+                raise UserError(f"agent.tls_cert/tls_key: cannot load {tls_cert}: {e}") from None
+            # the handshake happens in the request thread, not in the accept loop
+            self.socket = ctx.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+        if self.tokens.enabled and not self.tls and host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("a bearer token is set but TLS is off: the token crosses the network in clear text")
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = self.server_address[0]
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("http: error serving %s", client_address, exc_info=True)
+
+    def serve_in_thread(self) -> threading.Thread:
+        t = threading.Thread(target=self.serve_forever, name="accelmon-agent-http", daemon=True)
+        t.start()
+        return t
+
