@@ -115,6 +115,8 @@ class WriteBuffer:
                     failed[name] = batches
                     continue
                 t = table(name)
+                if len(batches) > 1 and any(b.schema != batches[0].schema for b in batches):
+                    batches = [b.cast(t.schema) for b in batches]  # e.g. dictionary-encoded vs plain strings
                 data = pa.concat_tables(batches) if len(batches) > 1 else batches[0]
                 days = pc.strftime(data.column(t.partition_ts), format="%Y-%m-%d")
                 uniq = sorted(pc.unique(days).to_pylist())
@@ -155,3 +157,33 @@ class WriteBuffer:
                 if time.monotonic() - t0 > deadline_s:
                     return False
                 time.sleep(0.2)
+
+
+class DirectSink:
+    """Write-through for sources that keep their own resume cursors (vCenter): a cursor saved
+    after ``append`` returned must never point past rows that are not on disk yet."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        on_flushed: Callable[[str, int], None] | None = None,
+        on_error: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
+        self.store = store
+        self._on_flushed = on_flushed
+        self._on_error = on_error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def append(self, name: str, rows: Any) -> int:
+        try:
+            n = self.store.append(name, rows)
+        except OSError as e:
+            if self._on_error:
+                self._on_error(classify_os_error(e), e)
+            raise
+        if self._on_flushed and n:
+            self._on_flushed(name, n)
+        return n

@@ -24,7 +24,7 @@ from accelmon.collector.base import CollectResult, Source
 from accelmon.collector.discovery import agent_targets
 from accelmon.config import Config
 from accelmon.daemon import housekeeping
-from accelmon.daemon.buffer import WriteBuffer
+from accelmon.daemon.buffer import DirectSink, WriteBuffer
 from accelmon.daemon.pool import DaemonPoolExecutor
 from accelmon.daemon.runner import JobRunner, SourceRunner, summarize
 from accelmon.daemon.state import DaemonState
@@ -64,6 +64,7 @@ class Daemon:
         self.buffer = WriteBuffer(
             store, on_flushed=self._on_flushed, on_error=self._on_store_error, on_dropped=self._on_dropped
         )
+        self.direct = DirectSink(store, on_flushed=self._on_flushed, on_error=self._on_store_error)
         self.source_workers = source_workers
         self.runners: dict[str, SourceRunner] = {}
         self._sources: list[Source] = []
@@ -112,7 +113,7 @@ class Daemon:
             target=target,
             interval_s=job.interval_s,
             collect=job.collect,
-            sink=self.buffer,
+            sink=self.direct if kind == "vcenter" else self.buffer,
             state=self.state,
             close=getattr(src, "close", None) if src is not None else None,
             job_name=job.name,
