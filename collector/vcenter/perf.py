@@ -29,8 +29,13 @@ POWER = "power.power.average"
 ENERGY = "power.energy.summation"
 REALTIME_INTERVAL = 20
 REALTIME_WINDOW = 3600  # seconds of realtime samples a host keeps (180 × 20 s)
-FIRST_POLL_BACKFILL = REALTIME_WINDOW  # a new entity: take all the history vCenter still has
-BATCH = 128  # entities per QueryPerf (× 2 counters = 256 metrics, within vpxd's default limit)
+# a never-seen entity starts with its last minute; from then on every sample is read.  (Reading
+# the whole hour for 1,200 entities costs seconds; after a restart the saved cursors still
+# resume up to the full hour.)
+FIRST_POLL_BACKFILL = 60
+# entities per QueryPerf: realtime queries go to the hosts' stats and are not subject to
+# vpxd.stats.maxQueryMetrics (that limit is for historical intervals)
+BATCH = 400
 
 _NS = "{urn:vim25}"
 _XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
@@ -61,6 +66,32 @@ def counter_ids(perf_counters: Iterable[Any], names: Sequence[str] = (POWER, ENE
         name = f"{c.groupInfo.key}.{c.nameInfo.key}.{c.rollupType}"
         if name in want and name not in out:
             out[name] = int(c.key)
+    return out
+
+
+def fetch_counter_ids(session: VCenterSession, names: Sequence[str] = (POWER, ENERGY)) -> dict[str, int]:
+    """Counter ids by name from ``perfManager.perfCounter``, read as raw XML (a vCenter has
+    hundreds of counters; pyVmomi takes most of a second to build objects for them)."""
+    from pyVmomi import vmodl
+
+    pcls = vmodl.query.PropertyCollector
+    pm = session.content.perfManager
+    spec = pcls.FilterSpec(
+        objectSet=[pcls.ObjectSpec(obj=pm, skip=False)],
+        propSet=[pcls.PropertySpec(type=type(pm), pathSet=["perfCounter"])],
+    )
+    xml = session.call(lambda: session.invoke_raw(session.content.propertyCollector, "RetrievePropertiesEx",
+                                                  [spec], pcls.RetrieveOptions()))
+    want = set(names)
+    out: dict[str, int] = {}
+    for c in ET.fromstring(xml).iter(f"{_NS}PerfCounterInfo"):
+        name = ".".join((
+            _text(c.find(f"{_NS}groupInfo/{_NS}key")),
+            _text(c.find(f"{_NS}nameInfo/{_NS}key")),
+            _text(c.find(f"{_NS}rollupType")),
+        ))
+        if name in want and name not in out:
+            out[name] = int(_text(c.find(f"{_NS}key")))
     return out
 
 

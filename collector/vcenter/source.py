@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,32 @@ class VCenterSource:
     def collect(self, store: Any) -> CollectResult:
         res = CollectResult()
         with self._lock:
-            self._inventory(store, res)
-            self._perf(store, res)
+            self._inventory_and_perf(store, res)
             self._events(store, res)
         return res
+
+    def poll_inventory_and_perf(self, store: Any) -> CollectResult:
+        """Inventory and power in one go (what the benchmark calls a poll)."""
+        res = CollectResult()
+        with self._lock:
+            self._inventory_and_perf(store, res)
+        return res
+
+    def _inventory_and_perf(self, store: Any, res: CollectResult) -> None:
+        if not self._inventory_polled:
+            self._inventory(store, res)
+            self._perf(store, res)
+            return
+        # steady state: the inventory delta (a server round trip that mostly waits) runs
+        # while the power samples of the entities known so far are read
+        plan = self._perf_plan()
+        with ThreadPoolExecutor(1, thread_name_prefix="vcenter-inventory") as ex:
+            fut = ex.submit(self.inventory.poll)
+            try:
+                self._perf(store, res, plan)
+            finally:
+                st = fut.result()
+        self._inventory(store, res, st)
 
     def collect_inventory(self, store: Any) -> CollectResult:
         res = CollectResult()
@@ -154,9 +177,9 @@ class VCenterSource:
             save_state(self._state_file, self._state)
 
     # ------------------------------------------------------------------ inventory
-    def _inventory(self, store: Any, res: CollectResult) -> None:
+    def _inventory(self, store: Any, res: CollectResult, polled: PollStats | None = None) -> None:
         gen = self.session.generation
-        st = self.inventory.poll()
+        st = polled if polled is not None else self.inventory.poll()
         if gen and self.session.generation != gen:
             self.relogins_total += 1
         self.last_inventory = st
@@ -170,28 +193,27 @@ class VCenterSource:
             raise
 
     # ------------------------------------------------------------------ perf
-    def _perf(self, store: Any, res: CollectResult) -> None:
-        state = self._state_for(store)
-        if self._counters is None:
-            pcs = self.session.call(lambda: self.session.content.perfManager.perfCounter)
-            self._counters = perf.counter_ids(pcs)
-            missing = {perf.POWER, perf.ENERGY} - set(self._counters)
-            if missing:
-                res.errors.append(f"perf counter(s) not offered by this vCenter: {', '.join(sorted(missing))}")
+    def _perf_plan(self) -> tuple[list[tuple[str, str]], dict[str, str | None]]:
+        """Entities to read (powered-on GPU VMs, connected hosts) and the VMs' instance UUIDs."""
         m = self.inventory.model
         vms = [v for v in m.gpu_vm_morefs() if m._p(v).get("runtime.powerState") == "poweredOn"]
         hosts = [h for h in m.host_morefs() if m._p(h).get("runtime.connectionState") in (None, "connected")]
+        inst = {v: m._p(v).get("config.instanceUuid") for v in vms}
+        return [(v, "VirtualMachine") for v in vms] + [(h, "HostSystem") for h in hosts], inst
+
+    def _perf(self, store: Any, res: CollectResult,
+              plan: tuple[list[tuple[str, str]], dict[str, str | None]] | None = None) -> None:
+        state = self._state_for(store)
+        if self._counters is None:
+            self._counters = perf.fetch_counter_ids(self.session)
+            missing = {perf.POWER, perf.ENERGY} - set(self._counters)
+            if missing:
+                res.errors.append(f"perf counter(s) not offered by this vCenter: {', '.join(sorted(missing))}")
+        entities, inst = plan if plan is not None else self._perf_plan()
         now = time.time()
         cursors = {**state.perf_host, **state.perf_vm}
-        poll = perf.query_power(
-            self.session,
-            [(v, "VirtualMachine") for v in vms] + [(h, "HostSystem") for h in hosts],
-            cursors,
-            self._counters,
-            now,
-        )
+        poll = perf.query_power(self.session, entities, cursors, self._counters, now)
         uuid = self.vcenter_uuid
-        inst = {v: m._p(v).get("config.instanceUuid") for v in vms}
         vm_rows, host_rows = [], []
         for s in poll.samples:
             row = {"ts": _dt(s.ts), "vcenter_uuid": uuid, "interval_seconds": s.interval,
