@@ -1,0 +1,234 @@
+"""Daemon-side sources for GPU exporters users may already run: dcgm-exporter and nvidia_gpu_exporter.
+
+Both map onto the same ``gpu_sample`` rows as the accelmon agent (``source = "dcgm"`` /
+``"nvidia_gpu_exporter"``) plus ``agent_gpu`` identity rows (when they change), so a site that
+runs one of them does not need the agent.  What they cannot give is left null, never faked:
+
+* neither exposes the driver's sample ring, so ``busy_ms_total``/``idle_ms_total`` stay null
+  (analytics use ``util_percent``, a gauge sampled at the scrape interval);
+* dcgm-exporter's PCIe figures (``DCGM_FI_PROF_PCIE_TX_BYTES``/``RX_BYTES``) are *rates*
+  (bytes/s); this source integrates them between scrapes into ``pcie_*_bytes_total``
+  counters that start at 0 with the source (an estimate: the rate is assumed constant over a
+  scrape interval; readers treat the restart like any counter reset);
+* nvidia_gpu_exporter (nvidia-smi) has no energy counter or PCIe byte counters.
+
+Unit conversions: dcgm ``FB_*`` are MiB, ``POWER_USAGE`` is W, ``TOTAL_ENERGY_CONSUMPTION``
+is mJ; nvidia_gpu_exporter already converts to bytes and ratios 0–1.  A dcgm MIG series
+(``GPU_I_ID`` label) is stored under ``<GPU UUID>/GI<GPU_I_ID>`` since dcgm-exporter does not
+export the MIG UUID.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import requests
+from accelmon.collector.agent_source import (
+    DEFAULT_MAX_BODY,
+    Sample,
+    ScrapeError,
+    fetch_metrics_text,
+    finite_or_none,
+    parse_metrics,
+    redact_url,
+    rows_to_tables,
+    scaled_int,
+    write_tables,
+)
+from accelmon.collector.base import CollectResult
+
+from accelmon.store.writer import Store
+
+MIB = 1024 * 1024
+
+
+def normalize_gpu_uuid(u: str) -> str:
+    """nvidia_gpu_exporter strips the ``GPU-`` prefix; put it back so ids match NVML's."""
+    u = u.strip()
+    if not u or u.startswith(("GPU-", "MIG-")):
+        return u
+    return "GPU-" + u
+
+
+class _ExporterSource:
+    name = "exporter"
+    VALUES: dict[str, str] = {}  # sample name -> key
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        vm_bios_uuid: str | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY,
+        verify: bool | str = True,
+        token: str | None = None,
+    ) -> None:
+        if not url.rstrip("/").endswith("/metrics"):
+            url = url.rstrip("/") + "/metrics"
+        self.url = url
+        self.target = redact_url(url)
+        self.timeout = float(timeout)
+        self.vm_bios_uuid = vm_bios_uuid.lower() if vm_bios_uuid else None
+        self.max_body_bytes = int(max_body_bytes)
+        self.verify = verify
+        self.token = token
+        self._session = requests.Session()
+        self._identity: dict[str, tuple[Any, ...]] = {}
+
+    def close(self) -> None:
+        self._session.close()
+
+    # subclasses: per-GPU key and identity from a sample's labels
+    def gpu_key(self, labels: dict[str, str]) -> str | None:
+        raise NotImplementedError
+
+    def identity(self, key: str, labels: dict[str, str], m: dict[str, list[Sample]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def convert(self, key: str, v: dict[str, float], ts: float) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def rows(self, text: str, scraped_at: float) -> dict[str, list[dict[str, Any]]]:
+        m = parse_metrics(text, self.target)
+        per: dict[str, dict[str, float]] = {}
+        labels_of: dict[str, dict[str, str]] = {}
+        for name, key in self.VALUES.items():
+            for s in m.get(name, []):
+                g = self.gpu_key(s.labels)
+                if g is None:
+                    continue
+                per.setdefault(g, {})[key] = s.value
+                labels_of.setdefault(g, s.labels)
+        if not per:
+            raise ScrapeError(f"{self.target}: no {self.name} GPU metrics found (is this the right endpoint?)")
+        samples, idents = [], []
+        for g, v in per.items():
+            row = {"ts": scraped_at, "gpu_uuid": g, "source": self.name, "vm_bios_uuid": self.vm_bios_uuid}
+            row.update(self.convert(g, v, scraped_at))
+            samples.append(row)
+            ident = self.identity(g, labels_of[g], m)
+            ident["fb_total_bytes"] = row.get("fb_total_bytes")
+            k = tuple(ident.values())
+            if self._identity.get(g) != k:
+                idents.append({"ts": scraped_at, "agent_url": self.target, "vm_bios_uuid": self.vm_bios_uuid,
+                               **ident, "_key": k})
+        return {"gpu_sample": samples, "agent_gpu": idents}
+
+    def collect(self, store: Store) -> CollectResult:
+        text = fetch_metrics_text(self._session, self.url, token=self.token, timeout=self.timeout,
+                                  max_body_bytes=self.max_body_bytes, verify=self.verify)
+        rows = self.rows(text, time.time())
+        keys = [(r["gpu_uuid"], r.pop("_key")) for r in rows["agent_gpu"]]
+        res = write_tables(store, rows_to_tables(rows))
+        for g, k in keys:
+            self._identity[g] = k
+        return res
+
+
+class DcgmExporterSource(_ExporterSource):
+    """NVIDIA dcgm-exporter (``DCGM_FI_*`` metrics, labels ``gpu``, ``UUID``, ``pci_bus_id``, ``modelName``, ``Hostname``)."""
+
+    name = "dcgm"
+    VALUES = {
+        "DCGM_FI_DEV_GPU_UTIL": "util",
+        "DCGM_FI_DEV_MEM_COPY_UTIL": "mem_util",
+        "DCGM_FI_DEV_FB_USED": "fb_used_mib",
+        "DCGM_FI_DEV_FB_FREE": "fb_free_mib",
+        "DCGM_FI_DEV_FB_RESERVED": "fb_reserved_mib",
+        "DCGM_FI_DEV_FB_TOTAL": "fb_total_mib",
+        "DCGM_FI_DEV_POWER_USAGE": "power_w",
+        "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": "energy_mj",
+        "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION_total": "energy_mj",
+        "DCGM_FI_PROF_PCIE_TX_BYTES": "pcie_tx_rate",
+        "DCGM_FI_PROF_PCIE_RX_BYTES": "pcie_rx_rate",
+    }
+
+    def __init__(self, url: str, **kw: Any) -> None:
+        super().__init__(url, **kw)
+        self._pcie: dict[str, tuple[float, float, float]] = {}  # gpu -> (t, tx, rx) integrated
+
+    def gpu_key(self, labels: dict[str, str]) -> str | None:
+        uuid = labels.get("UUID") or labels.get("uuid")
+        if not uuid:
+            return None
+        gi = labels.get("GPU_I_ID", "")
+        return f"{uuid}/GI{gi}" if gi else uuid
+
+    def identity(self, key: str, labels: dict[str, str], m: dict[str, list[Sample]]) -> dict[str, Any]:
+        gpu = labels.get("gpu", "")
+        return {
+            "hostname": labels.get("Hostname") or None,
+            "gpu_uuid": key,
+            "gpu_index": int(gpu) if gpu.isdigit() else None,
+            "pci_bus_id": labels.get("pci_bus_id") or None,
+            "model_name": labels.get("modelName") or None,
+            "driver_version": labels.get("DCGM_FI_DRIVER_VERSION") or None,
+            "mig_mode": True if labels.get("GPU_I_ID") else None,
+        }
+
+    def convert(self, key: str, v: dict[str, float], ts: float) -> dict[str, Any]:
+        total = finite_or_none(v.get("fb_total_mib"))
+        if total is None and all(finite_or_none(v.get(k)) is not None for k in ("fb_used_mib", "fb_free_mib", "fb_reserved_mib")):
+            total = v["fb_used_mib"] + v["fb_free_mib"] + v["fb_reserved_mib"]
+        out: dict[str, Any] = {
+            "util_percent": finite_or_none(v.get("util")),
+            "mem_util_percent": finite_or_none(v.get("mem_util")),
+            "fb_used_bytes": scaled_int(v.get("fb_used_mib"), MIB),
+            "fb_total_bytes": scaled_int(total, MIB),
+            "power_milliwatts": scaled_int(v.get("power_w"), 1000.0),
+            "energy_millijoules_total": scaled_int(v.get("energy_mj")),
+        }
+        tx, rx = finite_or_none(v.get("pcie_tx_rate")), finite_or_none(v.get("pcie_rx_rate"))
+        if tx is not None and rx is not None:
+            t0, ctx, crx = self._pcie.get(key, (ts, 0.0, 0.0))
+            dt = min(max(0.0, ts - t0), 300.0)
+            ctx, crx = ctx + tx * dt, crx + rx * dt
+            self._pcie[key] = (ts, ctx, crx)
+            out["pcie_tx_bytes_total"], out["pcie_rx_bytes_total"] = int(ctx), int(crx)
+        return out
+
+
+class NvidiaGpuExporterSource(_ExporterSource):
+    """utkuozdemir/nvidia_gpu_exporter (``nvidia_smi_*`` metrics, label ``uuid``)."""
+
+    name = "nvidia_gpu_exporter"
+    VALUES = {
+        "nvidia_smi_utilization_gpu_ratio": "util",
+        "nvidia_smi_utilization_memory_ratio": "mem_util",
+        "nvidia_smi_memory_used_bytes": "fb_used",
+        "nvidia_smi_memory_total_bytes": "fb_total",
+        "nvidia_smi_power_draw_watts": "power_w",
+    }
+
+    def gpu_key(self, labels: dict[str, str]) -> str | None:
+        u = labels.get("uuid") or labels.get("UUID")
+        return normalize_gpu_uuid(u) if u else None
+
+    def identity(self, key: str, labels: dict[str, str], m: dict[str, list[Sample]]) -> dict[str, Any]:
+        info: dict[str, str] = {}
+        for s in m.get("nvidia_smi_gpu_info", []):
+            if self.gpu_key(s.labels) == key:
+                info = s.labels
+                break
+        idx = info.get("index", "")
+        return {
+            "hostname": None,
+            "gpu_uuid": key,
+            "gpu_index": int(idx) if idx.isdigit() else None,
+            "pci_bus_id": info.get("pci_bus_id") or None,
+            "model_name": info.get("name") or None,
+            "serial": info.get("serial") if info.get("serial") not in (None, "", "[N/A]") else None,
+            "driver_version": info.get("driver_version") or None,
+        }
+
+    def convert(self, key: str, v: dict[str, float], ts: float) -> dict[str, Any]:
+        util, mem = finite_or_none(v.get("util")), finite_or_none(v.get("mem_util"))
+        return {
+            "util_percent": None if util is None else util * 100.0,
+            "mem_util_percent": None if mem is None else mem * 100.0,
+            "fb_used_bytes": scaled_int(v.get("fb_used")),
+            "fb_total_bytes": scaled_int(v.get("fb_total")),
+            "power_milliwatts": scaled_int(v.get("power_w"), 1000.0),
+        }
