@@ -97,11 +97,22 @@ class _Episode:
     started: dt.datetime
     migration_id: int | None = None
     vgpu: bool = False
+    failure: str | None = None
+
+
+_END_STATE_RE = re.compile(r"^MigrateSetState: Transitioning from state \d+ to 0\b")
+# messages whose payload must parse; a mangled one is garbage, not silence
+_KEYWORDS = ("Checkpoint_Unstun:", "Migrate_Open:", "MigrateVMXdrToSpec:")
 
 
 @dataclass
 class StunLogParser:
-    """Incremental parser: feed text line by line (in file order); collect ``records``."""
+    """Incremental parser: feed text line by line (in file order); collect ``records``.
+
+    An episode opens at the first migration line; ``Checkpoint_Unstun`` inside it gives the
+    stun time and closes it (with the failure reason if one was logged before: a failed
+    switchover still stunned the VM); a return to migration state 0 without a stun closes a
+    failed episode."""
 
     records: list[StunRecord] = field(default_factory=list)
     stats: LogStats = field(default_factory=LogStats)
@@ -123,44 +134,62 @@ class StunLogParser:
         ts, msg = parsed
         ep = self._ep
         if ep is not None and ts - ep.started > EPISODE_TIMEOUT:
-            ep = self._ep = None
-        if (m := _XDR_RE.search(msg)) is not None:
+            self._close(ts)
+            ep = None
+        if (m := _XDR_RE.search(msg)) is not None:  # source side: a new migration begins
+            if ep is not None:
+                self._close(ts)
             ep = self._open(ts)
             with contextlib.suppress(ValueError):
                 ep.migration_id = int(m.group("mid"), 16)
-        elif (m := _OPEN_RE.search(msg)) is not None:
+        elif (m := _OPEN_RE.search(msg)) is not None:  # destination side of the same one
+            if ep is not None and (ep.failure or (ep.migration_id not in (None, int(m.group("mid"))))):
+                self._close(ts)
             ep = self._open(ts)
             ep.migration_id = int(m.group("mid"))
-        elif _MIGRATE_MARK_RE.search(msg):
-            ep = self._open(ts)
-        elif _VMIOP_RE.search(msg):
-            if ep is not None:
-                ep.vgpu = True
         elif (m := _UNSTUN_RE.search(msg)) is not None:
             if ep is None:
                 self.stats.unrelated_stuns += 1
                 return
             self.records.append(
-                StunRecord(ts, ep.started, int(m.group("us")) / 1e6, ep.migration_id, ep.vgpu)
+                StunRecord(ts, ep.started, int(m.group("us")) / 1e6, ep.migration_id, ep.vgpu, ep.failure)
             )
             self._ep = None
+        elif any(k in msg for k in _KEYWORDS):
+            self.stats.garbage_lines += 1  # e.g. "vm stopped for abc us"
+        elif _END_STATE_RE.search(msg):
+            if ep is not None:
+                self._close(ts)
+        elif _MIGRATE_MARK_RE.search(msg):
+            self._open(ts)
+        elif _VMIOP_RE.search(msg):
+            if ep is not None:
+                ep.vgpu = True
         elif (m := _FAIL_RE.search(msg)) is not None:
-            started = ep.started if ep else ts
-            self.records.append(
-                StunRecord(ts, started, None, ep.migration_id if ep else None, bool(ep and ep.vgpu),
-                           m.group("reason"))
-            )
-            self._ep = None
+            ep = self._open(ts)
+            ep.failure = m.group("reason")
+
+    def finish(self) -> None:
+        """End of the text read this time: a failed migration still open is reported."""
+        if self._ep is not None and self._ep.failure:
+            self._close(self._ep.started)
+        self._ep = None
 
     def _open(self, ts: dt.datetime) -> _Episode:
         if self._ep is None:
             self._ep = _Episode(started=ts)
         return self._ep
 
+    def _close(self, ts: dt.datetime) -> None:
+        ep, self._ep = self._ep, None
+        if ep is not None and ep.failure:
+            self.records.append(StunRecord(ts, ep.started, None, ep.migration_id, ep.vgpu, ep.failure))
+
 
 def parse_text(text: str) -> StunLogParser:
     p = StunLogParser()
     p.feed_lines(text.splitlines())
+    p.finish()
     return p
 
 
@@ -317,4 +346,5 @@ def parse_chunks(chunks: Iterable[bytes], parser: StunLogParser | None = None) -
                 p.stats.garbage_lines += 1
                 continue
             p.feed_line(line)
+    p.finish()
     return p

@@ -8,6 +8,7 @@ import pytest
 from accelmon.collector.vcenter.stunlog import (
     HttpResult,
     LogCursor,
+    StunLogParser,
     fetch_new,
     log_url,
     match_stun,
@@ -84,6 +85,26 @@ def test_new_format_vgpu_and_failure() -> None:
     assert failed.started_ts == dt.datetime(2023, 4, 15, 9, 10, tzinfo=UTC)
 
 
+def test_failed_switchover_still_reports_the_stun() -> None:
+    # ESXi gives up at 100 s, the VM resumes on the source: the stun it suffered is logged after
+    text = NEW_FAIL + (
+        "2023-04-15T09:11:41.005Z In(05) vmx - MigrateSetState: Transitioning from state 3 to 5.\n"
+        "2023-04-15T09:11:41.612Z In(05) vcpu-0 - Checkpoint_Unstun: vm stopped for 100612865 us\n"
+        "2023-04-15T09:11:41.620Z In(05) vmx - MigrateSetState: Transitioning from state 5 to 0.\n"
+    )
+    (r,) = parse_text(text).records
+    assert r.failure_reason == "maxSwitchoverTimeExceeded"
+    assert r.stun_seconds == pytest.approx(100.612865)
+
+
+def test_failed_without_stun_closed_by_state_0() -> None:
+    text = NEW_FAIL + "2023-04-15T09:11:41.620Z In(05) vmx - MigrateSetState: Transitioning from state 5 to 0.\n"
+    p = StunLogParser()
+    p.feed_lines(text.splitlines())
+    (r,) = p.records  # reported without waiting for the end of the text
+    assert r.failure_reason == "maxSwitchoverTimeExceeded" and r.stun_seconds is None
+
+
 def test_snapshot_stun_is_not_a_migration() -> None:
     p = parse_text(SNAPSHOT + NEW_VGPU)
     assert len(p.records) == 1 and p.records[0].vgpu
@@ -91,11 +112,12 @@ def test_snapshot_stun_is_not_a_migration() -> None:
 
 
 def test_garbage_skipped_and_counted() -> None:
-    junk = "\x00\x01\x02binary\n" + "no timestamp here\n" + "2023-13-45T99:99:99.000Z In(05) vmx - bad date\n"
+    junk = ("\x00\x01\x02binary\n" + "no timestamp here\n" + "2023-13-45T99:99:99.000Z In(05) vmx - bad date\n"
+            + "2024-05-01T10:0\n" + "2023-04-15T09:00:00.000Z In(05) vcpu-0 - Checkpoint_Unstun: vm stopped for abc us\n")
     raw = (junk + NEW_VGPU[:200] + "\n" + "x" * 100_000 + "\n" + NEW_VGPU).encode() + b"\xff\xfe\n"
     p = parse_chunks([raw])
-    # 3 junk lines + the truncated first line's tail is still a valid line + huge line + invalid utf-8 line
-    assert p.stats.garbage_lines == 5
+    # 5 junk lines (one with a mangled stun payload) + huge line + invalid utf-8 line
+    assert p.stats.garbage_lines == 7
     assert [r.stun_seconds for r in p.records] == [pytest.approx(12.041233)]
 
 
