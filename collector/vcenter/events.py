@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -108,14 +109,23 @@ def _event_type(e: Any) -> str:
     return type(e).__name__.rsplit(".", 1)[-1]
 
 
+_MSG_KEY_RE = re.compile(r"\[msg\.[\w.]*?\.(\w+)\]")
+
+
 def _fault_name(e: Any) -> str | None:
+    """``maxSwitchoverTimeExceeded`` from ``[msg.checkpoint.migration.maxSwitchoverTimeExceeded] …``,
+    else the fault's type name (``GenericVmConfigFault``)."""
     r = getattr(e, "reason", None)
     if r is None:
         return None
     f = getattr(r, "fault", None)
+    for text in (getattr(r, "localizedMessage", None), getattr(f, "reason", None), getattr(f, "msg", None)):
+        m = _MSG_KEY_RE.search(str(text or ""))
+        if m is not None:
+            return m.group(1)
     if f is not None:
         return type(f).__name__.rsplit(".", 1)[-1]
-    return " ".join(str(getattr(r, "localizedMessage", "") or "").split()) or None
+    return " ".join(str(getattr(r, "localizedMessage", "") or "").split())[:200] or None
 
 
 def pair(events: Iterable[Any], state: VCenterState, now: float) -> list[Migration]:

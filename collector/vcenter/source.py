@@ -27,6 +27,7 @@ from accelmon.collector.vcenter import perf, stunlog
 from accelmon.collector.vcenter.inventory import Inventory, PollStats
 from accelmon.collector.vcenter.session import VCenterSession
 from accelmon.collector.vcenter.state import VCenterState, load_state, save_state, state_path
+from pyVmomi import vim
 
 from accelmon.config import VCenterConfig
 from accelmon.store.schema import table
@@ -255,14 +256,14 @@ class VCenterSource:
         for mig in migrations:
             vgpu, fb = m.vm_vgpu_fb(mig.vm_moref)
             stun = None
-            if mig.vm_moref in m.gpu_vms:
-                if mig.vm_moref not in parsed:
-                    parsed[mig.vm_moref] = self._read_log(mig.vm_moref, mig.datacenter_name, state, res)
-                stun = stunlog.match_stun(
-                    parsed[mig.vm_moref],
-                    _dt(mig.started_at) if mig.started_at else None,
-                    _dt(mig.ended_at),
-                )
+            # every migrated VM's log is read, from where the last read stopped
+            if mig.vm_moref not in parsed:
+                parsed[mig.vm_moref] = self._read_log(mig.vm_moref, mig.datacenter_name, state, res)
+            stun = stunlog.match_stun(
+                parsed[mig.vm_moref],
+                _dt(mig.started_at) if mig.started_at else None,
+                _dt(mig.ended_at),
+            )
             _, cl_name = m.cluster_of(mig.dst_host_moref)
             reason = mig.failure_reason
             if stun is not None and stun.failure_reason:
@@ -296,6 +297,14 @@ class VCenterSource:
                   res: CollectResult) -> list[stunlog.StunRecord]:
         m = self.inventory.model
         dc, logdir = m.vm_dc_and_logdir(vm)
+        if logdir is None:  # not a GPU VM: the inventory did not keep it; ask for this one property
+            try:
+                logdir = self.session.call(
+                    lambda: vim.VirtualMachine(vm, self.session.stub).config.files.logDirectory
+                )
+            except Exception as e:  # noqa: BLE001 - gone since, or no permission: no stun time
+                res.errors.append(f"{vm}: log directory unknown: {e}")
+                return []
         url = stunlog.log_url(logdir or "", dc_name or dc or "")
         if url is None:
             return []
