@@ -298,7 +298,7 @@ class SimNVML:
         self._refcount = 0
         self._driver_down: int | None = None
         self._injections: dict[str, list[_Injection]] = {}
-        self._field_faults: dict[tuple[int, int | None], int] = {}
+        self._field_faults: dict[tuple[int, int | None, int | None], int] = {}
         self.calls: Counter[str] = Counter()
         self.calls_by_gpu: Counter[tuple[str, int]] = Counter()
         self.gpus = [SimGpu(self, i, g) for i, g in enumerate(spec.gpus)]
@@ -371,10 +371,11 @@ class SimNVML:
         with self._lock:
             self._injections.setdefault(func, []).append(_Injection(code, index, times, delay_s))
 
-    def inject_field(self, field_id: int, code: int, *, index: int | None = None) -> None:
-        """Make one field of ``nvmlDeviceGetFieldValues`` return ``code`` in its ``nvmlReturn``."""
+    def inject_field(self, field_id: int, code: int, *, index: int | None = None, scope: int | None = None) -> None:
+        """Make one field (optionally one scope, e.g. one NVLink link) of ``nvmlDeviceGetFieldValues``
+        return ``code`` in its ``nvmlReturn``."""
         with self._lock:
-            self._field_faults[(field_id, index)] = code
+            self._field_faults[(field_id, index, scope)] = code
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -786,9 +787,10 @@ class SimNVML:
 
     def _field(self, g: SimGpu, v: Any) -> int:
         fid, scope = int(v.fieldId), int(v.scopeId)
-        fault = self._field_faults.get((fid, g.index), self._field_faults.get((fid, None)))
-        if fault is not None:
-            return fault
+        ff = self._field_faults
+        for key in ((fid, g.index, scope), (fid, None, scope), (fid, g.index, None), (fid, None, None)):
+            if key in ff:
+                return ff[key]
         if g.field_unsupported(fid):
             return pynvml.NVML_ERROR_NOT_SUPPORTED
         zero = g.mode == "vgpu" and g.spec.vgpu_reports_zero and fid in VGPU_UNSUPPORTED_FIELDS
