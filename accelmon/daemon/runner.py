@@ -45,7 +45,7 @@ class SourceRunner:
         state: DaemonState,
         close: Callable[[], None] | None = None,
         after: Callable[[CollectResult], None] | None = None,
-        max_backoff_s: float = 300.0,
+        max_backoff_s: float | None = None,
         job_name: str | None = None,
     ) -> None:
         self.kind = kind
@@ -57,7 +57,9 @@ class SourceRunner:
         self._after = after
         self.sink = sink
         self.state = state
-        self.max_backoff_s = max(max_backoff_s, interval_s)
+        # default cap: 6 intervals, at least a minute, at most 5 minutes
+        cap = min(300.0, max(60.0, 6 * interval_s)) if max_backoff_s is None else max_backoff_s
+        self.max_backoff_s = max(cap, interval_s)
         self.health = state.register_source(self.job_name, target, interval_s)
         self._next_allowed = 0.0
         self._last_error_type = ""

@@ -331,10 +331,12 @@ class Daemon:
         closer = threading.Thread(target=self._close_all, args=(runners,), daemon=True)
         closer.start()
         closer.join(timeout=0.5)
+        written = sum(self.state.store.rows_written_total.values())
         if not ok:
             log.error("store %s: %d rows could not be written before exit", self.store.root,
                       self.buffer.rows_buffered)
-        log.info("stopped in %.1f s", time.monotonic() - t0)
+        log.info("stopped in %.1f s: %d rows written this run, %d not written", time.monotonic() - t0, written,
+                 self.buffer.rows_buffered)
         return ok
 
     @staticmethod

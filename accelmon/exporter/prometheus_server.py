@@ -207,3 +207,10 @@ def check_metrics(text: bytes | str) -> tuple[int, str]:
     data = text.encode() if isinstance(text, str) else text
     r = subprocess.run([tool, "check", "metrics"], input=data, capture_output=True, timeout=60)
     return r.returncode, (r.stdout + r.stderr).decode(errors="replace")
+
+
+def parse_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """(sample name, labels, value) for every sample of an exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [(s.name, dict(s.labels), float(s.value)) for f in text_string_to_metric_families(text) for s in f.samples]
