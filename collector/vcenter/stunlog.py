@@ -225,6 +225,7 @@ HttpGet = Callable[[str, dict[str, str]], HttpResult]
 TAIL_BYTES = 64  # bytes before the cursor re-read to detect that the file was rotated
 MAX_ROTATIONS = 6  # vmx default log.keepOld
 FIRST_READ_BYTES = 4 * 1024 * 1024  # first look at a log: at most its last 4 MiB
+_ROTATED_RE = re.compile(r"vmware-(\d+)\.log")
 
 
 def log_url(log_directory: str, dc_path: str, file: str = "vmware.log") -> str | None:
@@ -241,19 +242,24 @@ def _rotated_name(url: str, k: int) -> str:
     return url.replace("/vmware.log?", f"/vmware-{k}.log?", 1)
 
 
+def _dir_url(url: str) -> str:
+    return url.replace("/vmware.log?", "/?", 1)
+
+
 @dataclass
 class LogCursor:
     url: str
     offset: int = 0  # bytes of vmware.log consumed (always at a line end)
     tail: bytes = b""  # the TAIL_BYTES before offset
-    seen: bool = False  # read at least once (the first read also looks at vmware-1.log)
+    seen: bool = False  # read at least once
+    rotated_max: int = 0  # highest N of vmware-N.log seen (ESXi numbers rotated logs upwards)
 
     def to_json(self) -> dict[str, Any]:
-        return {"url": self.url, "offset": self.offset, "tail": self.tail.hex()}
+        return {"url": self.url, "offset": self.offset, "tail": self.tail.hex(), "rot": self.rotated_max}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LogCursor:
-        return cls(d["url"], int(d.get("offset", 0)), bytes.fromhex(d.get("tail", "")), True)
+        return cls(d["url"], int(d.get("offset", 0)), bytes.fromhex(d.get("tail", "")), True, int(d.get("rot", 0)))
 
 
 def _get_from(get: HttpGet, url: str, start: int) -> HttpResult:
@@ -269,55 +275,74 @@ def _continues(get: HttpGet, url: str, cur: LogCursor) -> bytes | None:
     """The bytes after the cursor if ``url`` is the file the cursor was reading, else None."""
     start = cur.offset - len(cur.tail)
     r = _get_from(get, url, start)
-    if r.status not in (200, 206) or not r.body.startswith(cur.tail) or len(r.body) < len(cur.tail):
+    if r.status not in (200, 206) or not r.body.startswith(cur.tail):
         return None
     return r.body[len(cur.tail):]
 
 
 def _whole(get: HttpGet, url: str, limit: int = FIRST_READ_BYTES) -> bytes:
     r = get(url, {"Range": f"bytes=-{limit}"})
-    if r.status == 416:  # empty file
-        return b""
-    if r.status not in (200, 206):
+    if r.status not in (200, 206):  # 416: empty file
         return b""
     body = r.body[-limit:]
-    if r.status == 206 or len(r.body) > limit:
+    if len(r.body) >= limit:
         nl = body.find(b"\n")  # drop the partial first line of a cut read
-        if len(r.body) >= limit and nl >= 0:
+        if nl >= 0:
             body = body[nl + 1:]
     return body
+
+
+def list_rotated(get: HttpGet, url: str) -> list[int]:
+    """N of the ``vmware-N.log`` files in the VM's folder, ascending (oldest first on ESXi).
+
+    Reads the folder listing; where the server gives none, probes vmware-1 … vmware-6."""
+    r = get(_dir_url(url), {})
+    if r.status == 200 and r.body:
+        return sorted({int(n) for n in _ROTATED_RE.findall(r.body.decode("utf-8", errors="replace"))})
+    found = []
+    for k in range(1, MAX_ROTATIONS + 1):
+        if get(_rotated_name(url, k), {"Range": "bytes=0-0"}).status in (200, 206):
+            found.append(k)
+    return found
 
 
 def fetch_new(get: HttpGet, cur: LogCursor) -> tuple[list[bytes], LogCursor]:
     """New complete lines of a VM's log since ``cur``, oldest first, following rotation.
 
-    Returns the chunks to parse (in file order) and the advanced cursor.  Only whole lines
-    are consumed; a partial last line is read again next time."""
+    ESXi starts a new ``vmware.log`` at each power-on and vMotion (the destination writes a
+    new one) and renames the previous one to ``vmware-N.log`` with the next N.  Returns the
+    chunks to parse in file order and the advanced cursor.  Only whole lines are consumed; a
+    partial last line is read again next time."""
     chunks: list[bytes] = []
+    rot_max = cur.rotated_max
     if not cur.seen:
-        older = _whole(get, _rotated_name(cur.url, 1))
-        if older:
-            chunks.append(older)
+        ns = list_rotated(get, cur.url)
+        for n in ns[-MAX_ROTATIONS:]:
+            chunks.append(_whole(get, _rotated_name(cur.url, n)))
+        rot_max = max(ns, default=0)
         current_start = 0
         r = _get_from(get, cur.url, 0)
         if r.status not in (200, 206):
-            return chunks, cur
+            return chunks, LogCursor(cur.url, 0, b"", False, rot_max)
         current = r.body
     else:
         new = _continues(get, cur.url, cur)
         if new is not None:
             current_start = cur.offset
             current = new
-        else:  # rotated: find the file we were reading among vmware-1.log … vmware-6.log
+        else:  # rotated: our file is now the oldest vmware-N.log newer than the last one seen
+            ns = list_rotated(get, cur.url)
+            fresh = [n for n in ns if n > cur.rotated_max] or ns[-MAX_ROTATIONS:]
             found = None
-            for k in range(1, MAX_ROTATIONS + 1):
-                rest = _continues(get, _rotated_name(cur.url, k), cur)
+            for i, n in enumerate(fresh):
+                rest = _continues(get, _rotated_name(cur.url, n), cur)
                 if rest is not None:
-                    found = k
+                    found = i
                     chunks.append(rest)
                     break
-            for k in range(found - 1 if found else 1, 0, -1):
-                chunks.append(_whole(get, _rotated_name(cur.url, k)))
+            for n in fresh[(found + 1 if found is not None else 0):]:
+                chunks.append(_whole(get, _rotated_name(cur.url, n)))
+            rot_max = max([rot_max, *ns])
             current_start = 0
             r = _get_from(get, cur.url, 0)
             current = r.body if r.status in (200, 206) else b""
@@ -326,13 +351,13 @@ def fetch_new(get: HttpGet, cur: LogCursor) -> tuple[list[bytes], LogCursor]:
     if consumed:
         chunks.append(consumed)
     if current_start == 0 and not consumed:
-        return chunks, LogCursor(cur.url, 0, b"", True)
+        return chunks, LogCursor(cur.url, 0, b"", True, rot_max)
     new_offset = current_start + len(consumed)
     if current_start and len(consumed) < TAIL_BYTES:
         tail = (cur.tail + consumed)[-TAIL_BYTES:]
     else:
         tail = consumed[-TAIL_BYTES:]
-    return chunks, LogCursor(cur.url, new_offset, tail, True)
+    return chunks, LogCursor(cur.url, new_offset, tail, True, rot_max)
 
 
 def parse_chunks(chunks: Iterable[bytes], parser: StunLogParser | None = None) -> StunLogParser:

@@ -149,6 +149,9 @@ class RangeFiles:
 
     def get(self, url: str, headers: dict[str, str]) -> HttpResult:
         self.requests.append((url, headers.get("Range", "")))
+        if url == DIR:  # folder listing, as vCenter's /folder and vcsim serve it (HTML links)
+            names = [u.split("/")[-1].split("?")[0] for u in self.files]
+            return HttpResult(200, "".join(f'<a href="{n}">{n}</a>\n' for n in names).encode())
         data = self.files.get(url)
         if data is None:
             return HttpResult(404, b"")
@@ -165,6 +168,7 @@ class RangeFiles:
 
 
 URL = "/folder/vm1/vmware.log?dcPath=DC0&dsName=LocalDS_0"
+DIR = "/folder/vm1/?dcPath=DC0&dsName=LocalDS_0"
 ROT = "/folder/vm1/vmware-{}.log?dcPath=DC0&dsName=LocalDS_0"
 
 
@@ -192,18 +196,18 @@ def test_fetch_reads_only_new_bytes_and_follows_rotation() -> None:
     chunks, cur4 = fetch_new(fs.get, cur3)
     assert b"".join(chunks) == b"2015-10-27T22:01:40.300Z| vmx| I120: partial line\n" + OLD_DST.encode()
     assert cur4.offset == len(OLD_DST)
-    # two rotations between polls: the cursor's file is now vmware-2.log
-    fs.files[URL] += NEW_VGPU[:300].encode()  # not yet a whole line at the end? it ends mid-line
+    # two rotations between polls (ESXi numbers upwards): the cursor's file is now vmware-2.log
+    fs.files[URL] += NEW_VGPU[:300].encode()  # it ends mid-line
     part_start = fs.files[URL]
     fs.files[ROT.format(2)] = part_start.rsplit(b"\n", 1)[0] + b"\n"
-    fs.files[ROT.format(1)] = NEW_FAIL.encode()
+    fs.files[ROT.format(3)] = NEW_FAIL.encode()
     fs.files[URL] = NEW_VGPU.encode()
     chunks, cur5 = fetch_new(fs.get, cur4)
     got = b"".join(chunks)
     assert got.startswith(NEW_VGPU[:300].rsplit("\n", 1)[0].encode())
     assert got.endswith(NEW_FAIL.encode() + NEW_VGPU.encode())
     assert _records(chunks)[-2:] == [None, pytest.approx(12.041233)]
-    assert cur5.offset == len(NEW_VGPU)
+    assert cur5.offset == len(NEW_VGPU) and cur5.rotated_max == 3
 
 
 def test_first_read_includes_previous_log_and_cursor_roundtrip() -> None:
