@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connection-file", type=Path, default=None,
                     help="write url/user/password/ca_file/manifest here (mode 0600)")
     a = ap.parse_args(argv)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
     try:
         sim = Vcsim.start(
             clusters=a.clusters, hosts_per_cluster=a.hosts_per_cluster, vms=a.vms,
@@ -55,9 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"url={sim.url} user={sim.user} connection_file={conn} ca_file={sim.ca_file} pid={sim.pid} "
           f"hosts={s['hosts']} vms={s['vms']} gpu_vms={s['gpu_vms']} start_s={sim.start_seconds:.1f} "
           f"rss_mb={sim.rss_bytes() / 2**20:.0f}", flush=True)
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
     while not done.wait(1):
         if not sim.alive:
             print("error: vcsim exited", file=sys.stderr)

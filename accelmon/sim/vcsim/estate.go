@@ -317,12 +317,12 @@ func (e *estate) planGPUVM(v *vmPlan, k int, rr *int) bool {
 		x := e.rng.Float64()
 		f = forcedGPU{kind: "vgpu", ngpu: 1, node: -1, workload: e.pickWorkload(), poweredOn: e.rng.Float64() > 0.02}
 		switch {
-		case x < 0.15:
+		case x < 0.10:
 			f.kind = "passthrough"
 			if e.rng.Float64() < 0.15 {
 				f.ngpu = 2
 			}
-		case x < 0.2:
+		case x < 0.13:
 			f.kind = "dynamic"
 		}
 		switch a := e.rng.Float64(); {
@@ -335,6 +335,9 @@ func (e *estate) planGPUVM(v *vmPlan, k int, rr *int) bool {
 		}
 		f.cluster = *rr % e.P.Clusters
 		*rr++
+		if f.kind == "vgpu" && e.rng.Float64() < 0.7 {
+			f.profile = e.partlyUsed(f.cluster)
+		}
 	}
 	v.PoweredOn = f.poweredOn
 	v.Workload = f.workload
@@ -385,11 +388,59 @@ func (e *estate) chooseProfile(m *gpuModel, want string) *vgpuProfile {
 		return &p
 	}
 	if len(m.Mig) > 0 && e.rng.Float64() < 0.35 {
-		p := m.Mig[e.rng.Intn(len(m.Mig))]
-		return &p
+		return e.weighted(m.Mig, 7)
 	}
-	p := m.TimeSliced[e.rng.Intn(len(m.TimeSliced))]
+	return e.weighted(m.TimeSliced, 0)
+}
+
+// weighted picks a profile with probability ~ 1/size (small slices are the common case);
+// maxSlices > 0 limits MIG profiles to those that fit.
+func (e *estate) weighted(list []vgpuProfile, maxSlices int) *vgpuProfile {
+	size := func(p vgpuProfile) float64 {
+		if p.Slices > 0 {
+			return float64(p.Slices)
+		}
+		return float64(p.FbGiB)
+	}
+	total := 0.0
+	for _, p := range list {
+		if maxSlices == 0 || p.Slices <= maxSlices {
+			total += 1 / size(p)
+		}
+	}
+	x := e.rng.Float64() * total
+	for _, p := range list {
+		if maxSlices > 0 && p.Slices > maxSlices {
+			continue
+		}
+		if x -= 1 / size(p); x < 0 {
+			p := p
+			return &p
+		}
+	}
+	p := list[len(list)-1]
 	return &p
+}
+
+// partlyUsed returns the profile to use so that a new vGPU VM fills a partly used GPU of the
+// cluster (sameSize vGPU or MIG), as an administrator's placement would; "" if none.
+func (e *estate) partlyUsed(c int) string {
+	var cands []*gpuPlan
+	for _, h := range e.ByCluster[c] {
+		for _, g := range h.GPUs {
+			if (g.Mode == "vgpu" && g.Used < g.Cap) || (g.Mode == "mig" && g.Used < 7) {
+				cands = append(cands, g)
+			}
+		}
+	}
+	if len(cands) == 0 {
+		return ""
+	}
+	g := cands[e.rng.Intn(len(cands))]
+	if g.Mode == "vgpu" {
+		return g.Profile
+	}
+	return e.weighted(g.Host.Model.Mig, 7-g.Used).Name
 }
 
 // placeGPUs finds host GPUs for v in cluster c; fills v.Host and v.GPUs on success.
@@ -579,4 +630,19 @@ func (v *vmPlan) numaStatus() (status, reason string) {
 	default:
 		return "partial", fmt.Sprintf("vCPUs on NUMA nodes %s (numa.nodeAffinity=%s), GPU %s", aff, aff, gpus)
 	}
+}
+
+// vnumaNode: the VM's virtual NUMA node a device is exposed on (vSphere 8 numaNode). VMs whose
+// GPUs sit on both host nodes get two virtual nodes, in host-node order.
+func (v *vmPlan) vnumaNode(d *vmGPU) int32 {
+	nodes := v.gpuNodes()
+	if d.GPU == nil || len(nodes) < 2 {
+		return 0
+	}
+	for i, n := range nodes {
+		if n == d.GPU.Node {
+			return int32(i)
+		}
+	}
+	return 0
 }

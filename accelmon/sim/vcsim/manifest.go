@@ -20,8 +20,8 @@ type mGPU struct {
 	Model       string   `json:"model"`
 	MemoryMiB   int      `json:"memory_mib"`
 	Mode        string   `json:"mode"`
-	VgpuMode    string   `json:"vgpu_mode,omitempty"`
-	Profile     string   `json:"vgpu_profile,omitempty"`
+	VgpuMode    *string  `json:"vgpu_mode"`
+	Profile     *string  `json:"vgpu_profile"`
 	GraphicType string   `json:"graphics_type"`
 	VMs         []string `json:"vms"`
 }
@@ -56,9 +56,9 @@ type mVMGPU struct {
 	DeviceKey int32   `json:"device_key"`
 	HostPciID *string `json:"host_pci_id"`
 	NumaNode  *int    `json:"numa_node"`
-	Profile   string  `json:"vgpu_profile,omitempty"`
-	FbGiB     int     `json:"fb_gib,omitempty"`
-	MigSlices int     `json:"mig_slices,omitempty"`
+	Profile   *string `json:"vgpu_profile"`
+	FbGiB     *int    `json:"fb_gib"`
+	MigSlices *int    `json:"mig_slices"`
 	Share     float64 `json:"gpu_share"`
 }
 
@@ -110,7 +110,7 @@ type mMigration struct {
 	FbGiB       int       `json:"fb_gib"`
 	MigrationID int64     `json:"migration_id"`
 	SrcLog      string    `json:"source_log"`
-	DstLog      string    `json:"dest_log,omitempty"`
+	DstLog      *string   `json:"dest_log"`
 }
 
 type mCluster struct {
@@ -153,6 +153,13 @@ func writeJSON(path string, v any) error {
 	return os.Rename(tmp, path)
 }
 
+func strOrNil(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
 func vgpuMode(g *gpuPlan) string {
 	switch g.Mode {
 	case "mig":
@@ -175,9 +182,9 @@ func buildManifest(e *estate, start time.Time, timings map[string]any) *manifest
 			"interval_s":             sampleSec, "realtime_samples_kept": realtimeKeep,
 		},
 		Power: map[string]any{
-			"energy_j": "round(watts * interval_s); power_w = round(watts), same watts",
-			"powered_off_vms_have_no_samples":        true,
-			"deterministic":                          "same entity and timestamp always give the same value",
+			"energy_j":                        "round(watts * interval_s); power_w = round(watts), same watts",
+			"powered_off_vms_have_no_samples": true,
+			"deterministic":                   "same entity and timestamp always give the same value",
 		},
 		Datastore: map[string]any{"name": datastoreName, "url": e.DatastoreURL, "folder_query": "dcPath=DC0&dsName=" + datastoreName},
 		Vmotions:  []mMigration{},
@@ -208,7 +215,7 @@ func buildManifest(e *estate, start time.Time, timings map[string]any) *manifest
 			mg := mGPU{
 				PciID: g.PciID, Bridge: g.Bridge, NumaNode: g.Node, VendorID: nvidiaVendor, DeviceID: int(h.Model.DeviceID),
 				DeviceName: h.Model.DeviceName, Model: h.Model.Key, MemoryMiB: h.Model.FbGiB * 1024, Mode: g.Mode,
-				VgpuMode: vgpuMode(g), Profile: g.Profile, GraphicType: "sharedDirect", VMs: []string{},
+				VgpuMode: strOrNil(vgpuMode(g)), Profile: strOrNil(g.Profile), GraphicType: "sharedDirect", VMs: []string{},
 			}
 			if g.Mode == "passthrough" {
 				mg.GraphicType = "direct"
@@ -244,7 +251,8 @@ func buildManifest(e *estate, start time.Time, timings map[string]any) *manifest
 				g.Share = d.share()
 			}
 			if d.Profile != nil {
-				g.Profile, g.FbGiB, g.MigSlices = d.Profile.Name, d.Profile.FbGiB, d.Profile.Slices
+				p := *d.Profile
+				g.Profile, g.FbGiB, g.MigSlices = &p.Name, &p.FbGiB, &p.Slices
 			}
 			counts["vm_gpu_"+d.Kind]++
 			mv.GPUs = append(mv.GPUs, g)
@@ -268,13 +276,16 @@ func buildManifest(e *estate, start time.Time, timings map[string]any) *manifest
 			VM: m.VM.Moref, VMName: m.VM.Name, ChainID: m.ChainID, EventKeys: m.Keys, Initiator: "user", Result: "success",
 			Source: m.Src.Moref, Dest: m.Dst.Moref, SourceIP: m.Src.VmotionIP, DestIP: m.Dst.VmotionIP,
 			Start: m.Start.UTC(), StunStart: m.StunStart.UTC(), End: m.End.UTC(), StunUs: m.StunUs,
-			Vgpu: m.VM.hasVgpu(), FbGiB: m.VM.vgpuFb(), MigrationID: m.Mid, SrcLog: m.SrcLog, DstLog: m.DstLog,
+			Vgpu: m.VM.hasVgpu(), FbGiB: m.VM.vgpuFb(), MigrationID: m.Mid, SrcLog: m.SrcLog,
 		}
 		if m.DRS {
 			mm.Initiator = "drs"
 		}
 		if m.Failed {
 			mm.Result = "failed"
+		} else {
+			dst := m.DstLog
+			mm.DstLog = &dst
 		}
 		mf.Vmotions = append(mf.Vmotions, mm)
 	}

@@ -29,10 +29,10 @@ func taskResult(ref types.ManagedObjectReference) (types.AnyType, error) {
 	return t.Info.Result, nil
 }
 
-func gpuDevice(v *vmPlan, hp *hostPlan, d *vmGPU, i int) *types.VirtualPCIPassthrough {
+func gpuDevice(v *vmPlan, hp *hostPlan, d *vmGPU, i int) types.BaseVirtualDevice {
 	m := hp.Model
 	unit := int32(18 + i)
-	dev := &types.VirtualPCIPassthrough{VirtualDevice: types.VirtualDevice{
+	dev := types.VirtualPCIPassthrough{VirtualDevice: types.VirtualDevice{
 		Key:           d.Key,
 		ControllerKey: 100,
 		UnitNumber:    &unit,
@@ -63,7 +63,7 @@ func gpuDevice(v *vmPlan, hp *hostPlan, d *vmGPU, i int) *types.VirtualPCIPassth
 		dev.Backing = newVmiopBacking(d.Profile.Name, d.Profile.FbGiB)
 		dev.DeviceInfo = &types.Description{Label: label, Summary: "NVIDIA GRID vGPU " + d.Profile.Name}
 	}
-	return dev
+	return newPassthrough(dev, v.vnumaNode(d))
 }
 
 func vmSpec(v *vmPlan, hp *hostPlan) (types.VirtualMachineConfigSpec, error) {

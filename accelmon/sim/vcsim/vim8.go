@@ -29,3 +29,19 @@ func newVmiopBacking(profile string, fbGiB int) types.BaseVirtualDeviceBackingIn
 	}
 	return b
 }
+
+// VirtualPCIPassthrough adds VirtualDevice.numaNode (8.0.0.1): the VM's virtual NUMA node
+// the device is associated with. Sent only when a vSphere 8 API is advertised.
+type VirtualPCIPassthrough struct {
+	types.VirtualPCIPassthrough
+
+	NumaNode *int32 `xml:"numaNode,omitempty"`
+}
+
+func newPassthrough(dev types.VirtualPCIPassthrough, vnuma int32) types.BaseVirtualDevice {
+	if !apiV8 {
+		d := dev
+		return &d
+	}
+	return &VirtualPCIPassthrough{VirtualPCIPassthrough: dev, NumaNode: &vnuma}
+}
