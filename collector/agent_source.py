@@ -315,7 +315,7 @@ class AgentSource:
                     "gpu_uuid": uuid,
                     "gpu_index": int(i["gpu"]) if i.get("gpu", "").isdigit() else None,
                     "pci_bus_id": i.get("pci_bus_id") or None,
-                    "model_name": i.get("modelName") or None,
+                    "model_name": i.get("model_name") or i.get("modelName") or None,
                     "serial": i.get("serial") or None,
                     "driver_version": i.get("driver_version") or agent.get("driver_version") or None,
                     "virtualization_mode": i.get("virtualization_mode") or None,

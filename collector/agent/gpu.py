@@ -71,12 +71,13 @@ class GpuIdentity:
 
     @functools.cached_property
     def labels(self) -> dict[str, str]:
-        """dcgm-exporter's label names, so existing dashboards can join."""
+        """dcgm-exporter's label names (``model_name`` instead of dcgm's camelCase ``modelName``, which
+        promtool rejects), so existing dashboards can join on ``UUID``/``gpu``/``Hostname``."""
         out = {
             "gpu": str(self.index),
             "UUID": self.uuid,
             "pci_bus_id": self.pci_bus_id,
-            "modelName": self.name,
+            "model_name": self.name,
             "Hostname": self.hostname,
         }
         if self.gi_id is not None:

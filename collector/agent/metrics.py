@@ -1,8 +1,10 @@
 """The agent's /metrics: a prometheus_client custom collector over the latest poll snapshot.
 
-Metric names follow Prometheus conventions (base units, ``_total`` counters); GPU series carry
-dcgm-exporter's label names (``gpu``, ``UUID``, ``pci_bus_id``, ``modelName``, ``Hostname``;
-MIG instances add ``GPU_I_ID``, ``GPU_I_PROFILE``) so existing dashboards can join.  A value
+Metric names follow Prometheus conventions (base units, ``_total`` counters, ``promtool check
+metrics`` clean); GPU series carry dcgm-exporter's label names ``gpu``, ``UUID``, ``pci_bus_id``,
+``Hostname`` (MIG instances add ``GPU_I_ID``, ``GPU_I_PROFILE``) so existing dashboards can join
+on them.  The one exception is dcgm's ``modelName``: promtool rejects camelCase label names, so
+the model is ``model_name`` here (it is descriptive, not a join key).  A value
 that is unsupported, or whose read failed in the last poll, is left out — never exported as 0.
 """
 
@@ -43,7 +45,7 @@ GPU_VALUES: tuple[tuple[str, str, str, str], ...] = (
     ("power_watts", "accelmon_gpu_power_watts", "gauge", "Board power draw (nvmlDeviceGetPowerUsage)."),
     ("energy_joules", "accelmon_gpu_energy_joules", "counter",
      "Energy since the driver loaded (nvmlDeviceGetTotalEnergyConsumption); restarts at 0 on a driver reload."),
-    ("energy_resets", "accelmon_gpu_energy_counter_resets", "counter",
+    ("energy_resets", "accelmon_gpu_energy_resets", "counter",
      "Times the driver's energy counter went backwards (driver reloads) since the agent started."),
 )
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from accelmon.collector.agent.metrics import make_registry, render
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from accelmon.errors import UserError
 
@@ -107,7 +107,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not srv.tokens.check(self.headers.get("Authorization")):
                 self._send(401, b"missing or wrong bearer token\n", extra={"WWW-Authenticate": 'Bearer realm="accelmon"'})
                 return
-            self._send(200, render(srv.registry), CONTENT_TYPE_LATEST)
+            self._send(200, render(srv.registry), CONTENT_TYPE_PLAIN_0_0_4)
             return
         if path == "/":
             self._send(200, b"accelmon agent: /metrics, /healthz\n")

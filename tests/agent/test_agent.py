@@ -226,7 +226,7 @@ def test_driver_reload_resets_energy_counted_and_counters_continue(clock) -> Non
     text = metrics_text(agent)
     assert by_gpu(text, "accelmon_gpu_up") == {"0": 1.0, "1": 1.0}
     assert by_gpu(text, "accelmon_gpu_energy_joules_total")["0"] < e_before  # the driver's counter restarted
-    assert by_gpu(text, "accelmon_gpu_energy_counter_resets_total")["0"] == 1.0
+    assert by_gpu(text, "accelmon_gpu_energy_resets_total")["0"] == 1.0
     assert by_gpu(text, "accelmon_gpu_busy_seconds_total")["0"] > busy_before
     assert by_gpu(text, "accelmon_gpu_unobserved_seconds_total")["0"] > 5  # the outage, not invented
 
