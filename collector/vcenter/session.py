@@ -83,6 +83,8 @@ def make_ssl_context(cfg: VCenterConfig) -> ssl.SSLContext:
 
 
 def _one_line(e: BaseException) -> str:
+    if isinstance(e, vmodl.MethodFault):  # str() of a fault is a multi-line object dump
+        return getattr(e, "msg", None) or type(e).__name__.rsplit(".", 1)[-1]
     msg = getattr(e, "msg", None) or getattr(e, "reason", None) or str(e) or type(e).__name__
     return " ".join(str(msg).split())
 
@@ -166,9 +168,14 @@ class VCenterSession:
                 return v
         raise VCenterUnavailable(self.target, f"no common API version (server speaks {sorted(theirs)})")
 
-    def connect(self) -> None:
-        """Log in (again). Raises :class:`VCenterError` subclasses."""
+    def connect(self, *, if_generation: int | None = None) -> None:
+        """Log in (again). Raises :class:`VCenterError` subclasses.
+
+        ``if_generation``: only when no other thread has logged in again since that login
+        (two threads seeing the same expired session must not log in twice)."""
         with self._lock:
+            if if_generation is not None and self.generation != if_generation and self._logged_in:
+                return
             try:
                 if self.stub is None:
                     version = self._negotiate_version()
@@ -184,6 +191,9 @@ class VCenterSession:
                     )
                     self.si = vim.ServiceInstance("ServiceInstance", self.stub)
                     self.content = self.si.RetrieveContent()
+                else:
+                    self.stub.cookie = ""  # a fresh login, not one inside the dead session
+                    self.stub.DropConnections()
                 self.content.sessionManager.Login(self.cfg.user, self.cfg.secret())
             except BaseException as e:
                 t = self.translate(e)
@@ -203,13 +213,14 @@ class VCenterSession:
         if not self.connected:
             self.connect()
         for attempt in (0, 1):
+            gen = self.generation
             try:
                 return fn()
             except vim.fault.NotAuthenticated:
                 if attempt:
-                    raise self.translate(vim.fault.NotAuthenticated()) from None
+                    raise VCenterAuthError(self.target, "session rejected right after a new login") from None
                 log.info("vCenter %s: session expired, logging in again", self.target)
-                self.connect()
+                self.connect(if_generation=gen)
             except BaseException as e:
                 t = self.translate(e)
                 if t is e:

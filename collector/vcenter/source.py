@@ -61,7 +61,6 @@ class VCenterSource:
         # counters for the exporter (monotonic)
         self.log_lines_total = 0
         self.log_garbage_lines_total = 0
-        self.relogins_total = 0
         self.last_inventory: PollStats | None = None
 
     # ------------------------------------------------------------------ Source API
@@ -128,6 +127,11 @@ class VCenterSource:
         with self._lock:
             self.session.close()
 
+    @property
+    def relogins_total(self) -> int:
+        """Logins after the first one (expired or terminated sessions)."""
+        return max(0, self.session.generation - 1)
+
     # ------------------------------------------------------------------ plumbing
     @property
     def vcenter_uuid(self) -> str:
@@ -179,10 +183,7 @@ class VCenterSource:
 
     # ------------------------------------------------------------------ inventory
     def _inventory(self, store: Any, res: CollectResult, polled: PollStats | None = None) -> None:
-        gen = self.session.generation
         st = polled if polled is not None else self.inventory.poll()
-        if gen and self.session.generation != gen:
-            self.relogins_total += 1
         self.last_inventory = st
         self._inventory_polled = True
         rows = self.inventory.snapshot_if_changed(dt.datetime.now(UTC), self.cfg.url, self.cfg.name)
