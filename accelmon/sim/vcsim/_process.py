@@ -76,7 +76,7 @@ class Vcsim:
         """
         binary = build()
         password = password or secrets.token_urlsafe(12)
-        run_dir = Path(tempfile.mkdtemp(prefix="accelmon-vcsim-"))
+        run_dir = Path(tempfile.mkdtemp(prefix="accelmon-vcsim-", dir=_tmp_base()))
         args = [
             str(binary), "-dir", str(run_dir), "-listen", f"{host}:{port}",
             "-clusters", str(clusters), "-hosts-per-cluster", str(hosts_per_cluster), "-vms", str(vms),
@@ -171,6 +171,21 @@ class Vcsim:
                     break
                 time.sleep(0.05)
         raise RuntimeError(f"vcsim at {self.url} does not answer: {last}")
+
+
+def _tmp_base() -> str | None:
+    """Where run dirs go: $ACCELMON_VCSIM_TMPDIR, else /dev/shm when it has room (creating
+    10,000 VM folders is ~3x faster on tmpfs than on disk), else the system default."""
+    if env := os.environ.get("ACCELMON_VCSIM_TMPDIR"):
+        return env
+    shm = "/dev/shm"
+    try:
+        st = os.statvfs(shm)
+        if os.access(shm, os.W_OK) and st.f_bavail * st.f_frsize >= 512 << 20:
+            return shm
+    except OSError:
+        pass
+    return None
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], run_dir: Path, timeout_s: float) -> dict[str, Any]:

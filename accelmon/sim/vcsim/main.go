@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -98,6 +99,7 @@ func main() {
 		cleanup()
 		fail("seed: %v", err)
 	}
+	debug.FreeOSMemory() // seeding left a lot of garbage
 
 	var tlsErr error
 	if !*noTLS {
