@@ -14,9 +14,10 @@ nvidia_gpu_exporter sources (:mod:`accelmon.collector.exporters`).
 from __future__ import annotations
 
 import math
+import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -65,10 +66,10 @@ def fetch_metrics_text(
     expired = threading.Event()
     resp: requests.Response | None = None
 
-    def kill() -> None:  # a server that drips bytes: close the connection under the reader
+    def kill() -> None:  # a server that drips bytes: shut the socket under the reader
         expired.set()
         if resp is not None:
-            resp.close()
+            _shutdown(resp)
 
     timer = threading.Timer(timeout, kill)
     timer.daemon = True
@@ -101,7 +102,7 @@ def fetch_metrics_text(
             raise ScrapeError(f"{target}: body of {int(declared)} bytes exceeds the limit of {max_body_bytes}")
         buf = bytearray()
         try:
-            for chunk in resp.iter_content(_CHUNK):
+            for chunk in _chunks(resp):
                 buf += chunk
                 if len(buf) > max_body_bytes:
                     raise ScrapeError(f"{target}: body exceeds the limit of {max_body_bytes} bytes; aborted")
@@ -124,6 +125,34 @@ def fetch_metrics_text(
         return buf.decode("utf-8")
     except UnicodeDecodeError:
         raise ScrapeError(f"{target}: body is not UTF-8 text") from None
+
+
+def _chunks(resp: requests.Response) -> Iterator[bytes]:
+    """Body chunks as soon as bytes arrive (``read1``), so the caller can check its deadline often."""
+    raw = resp.raw
+    if not hasattr(raw, "read1"):  # urllib3 < 2
+        yield from resp.iter_content(_CHUNK)
+        return
+    while True:
+        chunk = raw.read1(_CHUNK, decode_content=True)
+        if not chunk:  # EOF
+            return
+        yield chunk
+
+
+def _shutdown(resp: requests.Response) -> None:
+    """Wake a reader blocked in recv(): shut the socket down (close() alone leaves the fd open)."""
+    conn = getattr(resp.raw, "_connection", None)
+    sock = getattr(conn, "sock", None)
+    try:
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        resp.close()
+    except Exception:  # noqa: BLE001 - best effort from a timer thread
+        pass
 
 
 def _first_line(e: BaseException) -> str:
