@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import pyarrow as pa
 
@@ -277,7 +278,8 @@ class DaemonState:
             self._inv_ts[(name, vc)] = snap
             rs = [r for r in rs if _ts(r["snapshot_ts"]) == snap]
             if name == "inv_vcenter":
-                self._vc_names[vc] = rs[-1].get("name") or rs[-1].get("url") or vc
+                url = rs[-1].get("url") or ""
+                self._vc_names[vc] = rs[-1].get("name") or urlparse(url).hostname or url or vc
             elif name == "inv_host":
                 self._hosts[vc] = {r["host_moref"]: r for r in rs}
             elif name == "inv_vm":

@@ -85,7 +85,9 @@ class Agent:
         self.dir = tmp / f"agent-{name}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
-        self.spec = write_toml(self.dir / "spec.toml", {"vm_bios_uuid": bios_uuid,
+        # the seed makes the simulated GPU UUIDs differ between agents
+        seed = int(bios_uuid.replace("-", "")[-8:], 16) % 100_000 + 1
+        self.spec = write_toml(self.dir / "spec.toml", {"vm_bios_uuid": bios_uuid, "seed": seed,
                                                           "hostname": hostname or name, "gpu": gpus})
         cfg: dict[str, Any] = {"agent": {"poll_interval": 0.5}}
         if token:
