@@ -99,6 +99,14 @@ MIG_HANDLE_OK = frozenset(
     }
 )
 # in MIG mode the parent GPU has no whole-GPU utilization
+_NVLINK_THROUGHPUT = frozenset(
+    {
+        pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
+        pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
+        pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX,
+        pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX,
+    }
+)
 MIG_PARENT_UNSUPPORTED = frozenset(
     {"nvmlDeviceGetSamples", "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetProcessUtilization"}
 )
@@ -167,6 +175,7 @@ class SimGpu:
             m = SimMig(i + 1, 0, prof, "MIG-" + _uuid(sim.spec.seed, "mig", index, i), mig_profile_mib(prof) * 2**20)
             m.handle = SimHandle(self, m)
             self.migs.append(m)
+        self.nvlinks = spec.nvlinks
         self.unsupported = set(spec.unsupported)
         self.unsupported_fields = {int(getattr(pynvml, n)) for n in self.unsupported if n.startswith("NVML_FI_")}
         self.lost = False
@@ -179,7 +188,7 @@ class SimGpu:
         self.energy_mj = (self.model.idle_w * 1.6) * 1000.0 * up if self.mode != "vgpu" else 0.0
         self.pcie_tx = self.model.pcie_bytes_per_s * 0.1 * up
         self.pcie_rx = self.model.pcie_bytes_per_s * 0.2 * up
-        n = self.spec.nvlinks
+        n = self.nvlinks
         self.nvl_tx = [self.model.nvlink_kib_per_s * 0.1 * up] * n
         self.nvl_rx = [self.model.nvlink_kib_per_s * 0.1 * up] * n
         self.t_last = max(t, self.sim.start) if warm else t
@@ -774,58 +783,60 @@ class SimNVML:
         now = self._now()
         g.advance(now)
         values = (pynvml.c_nvmlFieldValue_t * len(fieldIds))()
+        ts = int(now * 1e6)
+        put = ctypes.Structure.__setattr__  # pynvml's Python-level __setattr__ is slow; same effect
         for i, fid in enumerate(fieldIds):
             try:
-                (values[i].fieldId, values[i].scopeId) = fid
+                f, scope = fid
             except TypeError:
-                values[i].fieldId = fid
+                f, scope = fid, 0
             v = values[i]
-            v.timestamp = int(now * 1e6)
-            v.latencyUsec = 0
-            v.nvmlReturn = self._field(g, v)
+            put(v, "fieldId", f)
+            put(v, "scopeId", scope)
+            put(v, "timestamp", ts)
+            rc, vtype, attr, val = self._field(g, int(f), int(scope), now)
+            put(v, "nvmlReturn", rc)
+            if rc == pynvml.NVML_SUCCESS:
+                put(v, "valueType", vtype)
+                setattr(v.value, attr, val)
         return values
 
-    def _field(self, g: SimGpu, v: Any) -> int:
-        fid, scope = int(v.fieldId), int(v.scopeId)
+    def _field(self, g: SimGpu, fid: int, scope: int, now: float) -> tuple[int, int, str, int]:
+        """(nvmlReturn, valueType, union member, value) of one field."""
         ff = self._field_faults
-        for key in ((fid, g.index, scope), (fid, None, scope), (fid, g.index, None), (fid, None, None)):
-            if key in ff:
-                return ff[key]
+        if ff:
+            for key in ((fid, g.index, scope), (fid, None, scope), (fid, g.index, None), (fid, None, None)):
+                if key in ff:
+                    return ff[key], 0, "", 0
         if g.field_unsupported(fid):
-            return pynvml.NVML_ERROR_NOT_SUPPORTED
+            return pynvml.NVML_ERROR_NOT_SUPPORTED, 0, "", 0
         zero = g.mode == "vgpu" and g.spec.vgpu_reports_zero and fid in VGPU_UNSUPPORTED_FIELDS
-        ull = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+        ull, ui = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+        ok = pynvml.NVML_SUCCESS
+        links = g.nvlinks
         if fid == pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES:
-            v.valueType, v.value.ullVal = ull, 0 if zero else int(g.pcie_tx)
-        elif fid == pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES:
-            v.valueType, v.value.ullVal = ull, 0 if zero else int(g.pcie_rx)
-        elif fid == pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT:
-            if g.spec.nvlinks == 0 and not zero:
-                return pynvml.NVML_ERROR_NOT_SUPPORTED
-            v.valueType, v.value.uiVal = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, g.spec.nvlinks
-        elif fid in (
-            pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
-            pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
-            pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX,
-            pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX,
-        ):
+            return ok, ull, "ullVal", 0 if zero else int(g.pcie_tx)
+        if fid == pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES:
+            return ok, ull, "ullVal", 0 if zero else int(g.pcie_rx)
+        if fid == pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT:
+            if links == 0 and not zero:
+                return pynvml.NVML_ERROR_NOT_SUPPORTED, 0, "", 0
+            return ok, ui, "uiVal", links
+        if fid in _NVLINK_THROUGHPUT:
             if zero:
-                v.valueType, v.value.ullVal = ull, 0
-                return pynvml.NVML_SUCCESS
-            if g.spec.nvlinks == 0:
-                return pynvml.NVML_ERROR_NOT_SUPPORTED
-            if scope >= g.spec.nvlinks:
-                return pynvml.NVML_ERROR_INVALID_ARGUMENT
+                return ok, ull, "ullVal", 0
+            if links == 0:
+                return pynvml.NVML_ERROR_NOT_SUPPORTED, 0, "", 0
+            if scope >= links:
+                return pynvml.NVML_ERROR_INVALID_ARGUMENT, 0, "", 0
             tx = fid in (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX)
             kib = g.nvl_tx[scope] if tx else g.nvl_rx[scope]
             if fid in (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX, pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX):
                 kib *= 1.06  # protocol overhead
-            v.valueType, v.value.ullVal = ull, int(kib)  # KiB, as pynvml documents
-        elif fid == pynvml.NVML_FI_DEV_POWER_INSTANT:
-            v.valueType, v.value.uiVal = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, 0 if zero else g.power_mw(self._now())
-        else:
-            return pynvml.NVML_ERROR_NOT_SUPPORTED
-        return pynvml.NVML_SUCCESS
+            return ok, ull, "ullVal", int(kib)  # KiB, as pynvml documents
+        if fid == pynvml.NVML_FI_DEV_POWER_INSTANT:
+            return ok, ui, "uiVal", 0 if zero else g.power_mw(now)
+        return pynvml.NVML_ERROR_NOT_SUPPORTED, 0, "", 0
 
     # ------------------------------------------------------------------ processes
     def _pids(self, g: SimGpu, mig: SimMig | None) -> list[int]:

@@ -77,17 +77,20 @@ def test_simulator_dies_with_its_parent(tmp_path: Path) -> None:
     code = ("import sys; from accelmon.sim.vcsim import Vcsim; s = Vcsim.start(vms=4, clusters=1, "
             "hosts_per_cluster=1); print(s.pid, s.run_dir, flush=True); sys.stdin.read()")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
-    pid = int(p.stdout.readline().split()[0])
+    pid_s, run_dir = p.stdout.readline().split()
+    pid = int(pid_s)
     p.kill()
     p.wait()
     for _ in range(100):
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return
+            break
         time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    pytest.fail("simulator outlived its parent")
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("simulator outlived its parent")
+    assert not Path(run_dir).exists()  # it removed its run dir too
 
 
 def _stable(manifest: dict) -> list:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import ctypes
 import json
@@ -15,6 +16,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import weakref
 from dataclasses import dataclass, field
@@ -66,6 +69,7 @@ class Vcsim:
         vmotions: int = -1,
         api_version: str = "7.0.3.0",
         session_idle_timeout_s: float | None = None,
+        method_delay_ms: dict[str, int] | None = None,
         timeout_s: float | None = None,
     ) -> Vcsim:
         """Build (cached) and start the simulator on ``host:port`` (0 = a free port).
@@ -73,12 +77,14 @@ class Vcsim:
         Returns once it answers over HTTP(S). ``password`` defaults to a random one.
         ``vmotions`` is the number of extra random vGPU vMotions (-1: automatic).
         ``api_version`` 8.x adds vSphere 8 fields (vgpuMigrateDataSizeMB, ...).
+        ``method_delay_ms`` slows SOAP methods down, e.g. ``{"QueryPerf": 2000}`` (a slow vCenter);
+        ``session_idle_timeout_s`` expires idle sessions (NotAuthenticated on the next call).
         """
         binary = build()
         password = password or secrets.token_urlsafe(12)
         run_dir = Path(tempfile.mkdtemp(prefix="accelmon-vcsim-", dir=_tmp_base()))
         args = [
-            str(binary), "-dir", str(run_dir), "-listen", f"{host}:{port}",
+            str(binary), "-dir", str(run_dir), "-remove-dir", "-listen", f"{host}:{port}",
             "-clusters", str(clusters), "-hosts-per-cluster", str(hosts_per_cluster), "-vms", str(vms),
             "-gpu-vm-ratio", repr(float(gpu_vm_ratio)), "-seed", str(seed), "-vmotions", str(vmotions),
             "-user", user, "-api-version", api_version,
@@ -87,6 +93,8 @@ class Vcsim:
             args.append("-no-tls")
         if session_idle_timeout_s:
             args += ["-session-idle-timeout", f"{session_idle_timeout_s}s"]
+        if method_delay_ms:
+            args += ["-method-delay", ",".join(f"{k}={int(v)}" for k, v in method_delay_ms.items())]
         # datastore folders (govcsim-*) go under run_dir, removed with it even after a kill
         env = dict(os.environ, VCSIM_PASSWORD=password, TMPDIR=str(run_dir))
         main_thread = threading.current_thread() is threading.main_thread()
@@ -125,8 +133,34 @@ class Vcsim:
     def folder_url(self, vm_name: str, file: str = "vmware.log") -> str:
         """The datastore /folder URL of a file in a VM's folder (needs a session cookie)."""
         ds = self.manifest["datastore"]
-        base = self.url.rsplit("/sdk", 1)[0]
-        return f"{base}/folder/{urllib.request.quote(vm_name)}/{file}?{ds['folder_query']}"
+        return f"{self._base}/folder/{urllib.request.quote(vm_name)}/{file}?{ds['folder_query']}"
+
+    def vmotion(self, vm: str, dest: str | None = None, fail: bool = False, drs: bool = False) -> dict[str, Any]:
+        """Migrate VM ``vm`` (moref) now, as vCenter would show it (runtime.host change, events,
+        vmware.log appended and rotated); ``fail`` ends it with maxSwitchoverTimeExceeded.
+        Returns the migration's manifest record; :attr:`manifest` is reloaded."""
+        q = urllib.parse.urlencode({"vm": vm, "dest": dest or "", "fail": int(fail), "drs": int(drs)})
+        req = urllib.request.Request(f"{self._base}/accelmon/vmotion?{q}", method="POST")
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(req, context=self.ssl_context(), timeout=30) as r:
+                record = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise ValueError(f"vmotion {vm}: {json.loads(e.read()).get('error', e.code)}") from None
+        self.manifest = json.loads((self.run_dir / "manifest.json").read_text())
+        return record
+
+    def pause(self) -> None:
+        """Freeze the simulator (SIGSTOP): connections hang, like an unresponsive vCenter."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+    @property
+    def _base(self) -> str:
+        return self.url.rsplit("/sdk", 1)[0]
 
     @property
     def alive(self) -> bool:
@@ -145,6 +179,9 @@ class Vcsim:
         if self._stopped:
             return
         self._stopped = True
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGCONT)  # in case it was paused
         _kill(self._proc)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         _live.discard(self)
@@ -160,9 +197,7 @@ class Vcsim:
         last: Exception | None = None
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(
-                    self.url.rsplit("/sdk", 1)[0] + "/about", timeout=5, context=self.ssl_context()
-                ) as r:
+                with urllib.request.urlopen(self._base + "/about", timeout=5, context=self.ssl_context()) as r:
                     r.read()
                 return
             except Exception as e:  # noqa: BLE001 - retried until the deadline

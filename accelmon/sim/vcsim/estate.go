@@ -90,7 +90,8 @@ type vmPlan struct {
 	Noise      uint64
 	BootAgo    float64 // seconds before sim start
 	GarbageLog bool
-	Forced     int // index into forced, -1 if none
+	LogOld     bool // vmware.log in the older "| vmx| I125:" style
+	Forced     int  // index into forced, -1 if none
 	Migrations []*migration
 }
 

@@ -43,9 +43,11 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "listen address (port 0: any free port)")
 	noTLS := flag.Bool("no-tls", false, "serve plain http")
 	dir := flag.String("dir", ".", "state dir: manifest.json, ca.pem")
+	removeDir := flag.Bool("remove-dir", false, "remove the state dir on exit (SIGTERM/SIGINT/SIGHUP)")
 	user := flag.String("user", "administrator@vsphere.local", "login user (password from $VCSIM_PASSWORD)")
 	apiVersion := flag.String("api-version", "7.0.3.0", "advertised vSphere API version (8.x adds vSphere 8 fields)")
 	idle := flag.Duration("session-idle-timeout", 0, "expire idle sessions after this long (0: never)")
+	delays := flag.String("method-delay", "", "per-method delays in ms, e.g. RetrievePropertiesEx=500,QueryPerf=2000")
 	flag.Parse()
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	log.SetPrefix("vcsim: ")
@@ -78,7 +80,14 @@ func main() {
 	about.InstanceUuid = e.InstanceUID
 
 	var once sync.Once
-	cleanup := func() { once.Do(m.Remove) }
+	cleanup := func() {
+		once.Do(func() {
+			m.Remove()
+			if *removeDir {
+				_ = os.RemoveAll(*dir)
+			}
+		})
+	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	stop := make(chan struct{})
@@ -89,13 +98,28 @@ func main() {
 		os.Exit(0)
 	}()
 
+	for _, kv := range strings.Split(*delays, ",") {
+		if kv == "" {
+			continue
+		}
+		var ms int
+		name, val, _ := strings.Cut(kv, "=")
+		if _, err := fmt.Sscanf(val, "%d", &ms); err != nil || name == "" {
+			fail("invalid -method-delay entry %q (want Method=milliseconds)", kv)
+		}
+		if m.DelayConfig.MethodDelay == nil {
+			m.DelayConfig.MethodDelay = map[string]int{}
+		}
+		m.DelayConfig.MethodDelay[name] = ms
+	}
 	if err := m.Create(); err != nil {
 		cleanup()
 		fail("create: %v", err)
 	}
 	timings["create_inventory"] = time.Since(t0).Seconds()
 	start := time.Now()
-	if err := seed(e, m, start, timings); err != nil {
+	lv, err := seed(e, m, start, timings)
+	if err != nil {
 		cleanup()
 		fail("seed: %v", err)
 	}
@@ -115,13 +139,17 @@ func main() {
 		}
 	}
 	simulator.SessionIdleTimeout = *idle
+	lv.user, lv.pass, lv.manifestPath = *user, password, filepath.Join(*dir, "manifest.json")
+	lv.register(m.Service)
 	m.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*user, password)}
 	s := m.Service.NewServer()
 	timings["total"] = time.Since(t0).Seconds()
 	mf := buildManifest(e, start, timings)
 	mf.Vcenter["url"] = s.URL.Scheme + "://" + s.URL.Host + "/sdk"
-	mf.Vcenter["api_version"] = *apiVersion
-	mf.Vcenter["user"] = *user
+	lv.extra = map[string]any{"url": mf.Vcenter["url"], "api_version": *apiVersion, "user": *user}
+	for k, v := range lv.extra {
+		mf.Vcenter[k] = v
+	}
 	if err := writeJSON(filepath.Join(*dir, "manifest.json"), mf); err != nil {
 		cleanup()
 		fail("manifest: %v", err)
@@ -140,11 +168,11 @@ func fail(format string, args ...any) {
 }
 
 // seed turns the estate plan into simulator objects.
-func seed(e *estate, m *simulator.Model, start time.Time, timings map[string]any) error {
+func seed(e *estate, m *simulator.Model, start time.Time, timings map[string]any) (*live, error) {
 	ctx := context.Background()
 	c, err := vim25.NewClient(ctx, m.Service)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	t := time.Now()
 	clusters := simulator.Map.All("ClusterComputeResource")
@@ -178,7 +206,7 @@ func seed(e *estate, m *simulator.Model, start time.Time, timings map[string]any
 
 	t = time.Now()
 	if err := createVMs(ctx, c, e, dc.VmFolder, pools); err != nil {
-		return err
+		return nil, err
 	}
 	seedGuest(e, start)
 	for _, hp := range e.Hosts {
@@ -191,10 +219,10 @@ func seed(e *estate, m *simulator.Model, start time.Time, timings map[string]any
 	e.Migs = migs
 	first, err := postMigrationEvents(ctx, c, &refs, migs)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := backdateEvents(ctx, c, refs.em, first, start.Add(-3*time.Hour)); err != nil {
-		return err
+		return nil, err
 	}
 	dsURL := ds.Info.GetDatastoreInfo().Url
 	e.DatastoreURL = dsURL
@@ -206,7 +234,7 @@ func seed(e *estate, m *simulator.Model, start time.Time, timings map[string]any
 		}
 		files, err := writeVMLogs(filepath.Join(dsURL, v.Name), v, start, seq)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		e.Logs[v] = files
 		seq++
@@ -214,6 +242,7 @@ func seed(e *estate, m *simulator.Model, start time.Time, timings map[string]any
 	timings["vmotions_logs"] = time.Since(t).Seconds()
 
 	pm := simulator.Map.Get(*m.ServiceContent.PerfManager).(*simulator.PerformanceManager)
-	simulator.Map.Put(newPerfManager(pm, e))
-	return nil
+	ppm := newPerfManager(pm, e)
+	simulator.Map.Put(ppm)
+	return &live{e: e, c: c, refs: &refs, pm: ppm, start: start, timings: timings}, nil
 }

@@ -433,6 +433,7 @@ type logFile struct {
 // writeVMLogs writes the VM's vmware.log (and rotated vmware-N.log) files.
 func writeVMLogs(dir string, v *vmPlan, start time.Time, seq int) ([]logFile, error) {
 	old := seq%3 == 0
+	v.LogOld = old
 	boot := start.Add(-time.Duration(v.BootAgo * float64(time.Second)))
 	first := v.Host
 	if len(v.Migrations) > 0 {
