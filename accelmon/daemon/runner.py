@@ -114,14 +114,14 @@ class SourceRunner:
             key = err[:200]
             if key not in self._seen_object_errors and len(self._seen_object_errors) < 200:
                 self._seen_object_errors.add(key)
-                log.warning("%s %s: %s", self.kind, self.target, REDACTOR.apply(err))
+                log.warning("%s %s: %s", self.job_name, self.target, REDACTOR.apply(err))
         self.state.apply(res.tables)
         self.state.count_written(self.kind, res.rows)
         if was_failing:
             down = now - failing_since if failing_since else 0.0
             log.info(
                 "%s %s: recovered after %d failed poll(s), %.0f s without data",
-                self.kind, self.target, failures, down,
+                self.job_name, self.target, failures, down,
             )
             if self.kind in GAP_KINDS and down > 2 * self.interval_s:
                 self._record_gap(failing_since, now, last_error)
@@ -129,7 +129,7 @@ class SourceRunner:
             try:
                 self._after(res)
             except Exception as e:  # noqa: BLE001
-                log.warning("%s %s: after-poll hook failed: %s", self.kind, self.target, summarize(e))
+                log.warning("%s %s: after-poll hook failed: %s", self.job_name, self.target, summarize(e))
         return True
 
     def _failed(self, e: BaseException, dur: float) -> None:
@@ -151,7 +151,7 @@ class SourceRunner:
         if first or etype != self._last_error_type:
             log.warning(
                 "%s %s: poll failed: %s (retrying with backoff up to %.0f s; logged again only when this changes)",
-                self.kind, self.target, summary, self.max_backoff_s,
+                self.job_name, self.target, summary, self.max_backoff_s,
             )
         self._last_error_type = etype
 

@@ -16,7 +16,7 @@ from accelmon.sim.vcsim import Vcsim
 from .procs import Agent, Daemon, wait_until
 
 TOKEN = "agent-bearer-Kx93mmq"
-WINDOW = 30  # seconds of Prometheus data the increase() is taken over
+WINDOW = 20  # seconds of Prometheus data the increase() is taken over
 
 
 def _one(res: list[dict[str, Any]], **labels: str) -> float:
