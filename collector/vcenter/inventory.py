@@ -22,6 +22,7 @@ import datetime as dt
 import logging
 import math
 import re
+import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,7 @@ TYPES_PROPS: dict[str, tuple[str, ...]] = {
     "HostSystem": HOST_PROPS,
     "VirtualMachine": VM_PROPS,
 }
+LISTEN_WAIT_S = 10  # long-poll length; below the session's HTTP timeout
 EXTRA_KEYS = re.compile(r"^(numa\.|cpuid\.coresPerSocket$|sched\.)")
 
 _SBDF_RE = re.compile(r"^(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])$")
@@ -506,6 +508,12 @@ class Inventory:
         self._last_rows: dict[str, list[tuple[Any, ...]]] | None = None
         self.vcenter_uuid: str | None = None
         self.about: Any = None
+        # background long-poll (WaitForUpdatesEx with maxWaitSeconds): see listen()
+        self.lock = threading.RLock()  # guards the model against the listener thread
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._pending = PollStats()
+        self._listen_error: BaseException | None = None
 
     # -------------------------------------------------------------- server-side objects
     def _setup(self) -> None:
@@ -541,8 +549,75 @@ class Inventory:
 
     # -------------------------------------------------------------- polling
     def poll(self) -> PollStats:
-        """Bring the model up to date. ``changed`` tells whether the rows differ."""
-        return self.session.call(self._poll)
+        """Bring the model up to date.
+
+        While the listener thread is healthy it has already applied every change the server
+        pushed: nothing is asked, the changes it collected are reported.  Otherwise (first
+        poll, listener stopped by an error or a re-login) the server is asked directly; an
+        error is raised here, in the poller's thread."""
+        with self.lock:
+            if self._thread is not None and self._thread.is_alive() and self._listen_error is None:
+                st, self._pending = self._pending, PollStats()
+                return st
+        self.stop_listening()
+        err, self._listen_error = self._listen_error, None
+        if err is not None:
+            log.debug("vCenter %s: update listener stopped: %s", self.session.target, err)
+        with self.lock:
+            return self.session.call(self._poll)
+
+    # -------------------------------------------------------------- background long-poll
+    def listen(self) -> None:
+        """Start a thread that waits on ``WaitForUpdatesEx`` (the vSphere way of being told
+        about changes) and applies them as they come; :meth:`poll` then costs nothing."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        if self._pc is None or not self._version:
+            return
+        self._stop = threading.Event()
+        self._listen_error = None
+        self._thread = threading.Thread(target=self._listen, name="vcenter-updates", daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        stop = self._stop
+        wait = max(1, min(LISTEN_WAIT_S, int(self.session.timeout) - 5))
+        opts = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=wait)
+        gen = self._gen
+        while not stop.is_set():
+            try:
+                if self.session.generation != gen:
+                    raise RuntimeError("session changed")
+                data = self.session.invoke_raw(self._pc, "WaitForUpdatesEx", self._version, opts)
+                if stop.is_set():
+                    return
+                ans = rx.parse_answer(data, self.model.keep)
+                with self.lock:
+                    need_full = self.model.apply(ans.updates)
+                    if need_full:
+                        self._read_full(need_full, self._pending)
+                    if ans.version:
+                        self._version = ans.version
+                    self._pending.calls += 1
+                    self._pending.bytes += len(data)
+                    self._pending.updates += len(ans.updates)
+                    self._pending.skipped += ans.skipped
+            except BaseException as e:  # noqa: BLE001 - handed to the next poll()
+                if not stop.is_set():
+                    self._listen_error = e
+                return
+
+    def stop_listening(self, wait: bool = True) -> None:
+        """Stop the listener.  With ``wait=False`` (closing) the thread is only told to stop:
+        its pending long-poll ends by itself (logging out ends it on vCenter) and it exits
+        without touching anything."""
+        t = self._thread
+        if t is None:
+            return
+        self._stop.set()
+        if wait:
+            t.join(timeout=self.session.timeout + 1)
+        self._thread = None
 
     def _poll(self) -> PollStats:
         st = PollStats()
@@ -573,6 +648,7 @@ class Inventory:
             if not ans.truncated:
                 break
         self._version = version
+        self._pending = PollStats()
         if st.full:
             self.model.vm_count = st.updates + st.skipped
             self._vgpu_profiles()

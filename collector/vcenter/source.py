@@ -125,6 +125,7 @@ class VCenterSource:
 
     def close(self) -> None:
         with self._lock:
+            self.inventory.stop_listening(wait=False)
             self.session.close()
 
     @property
@@ -186,7 +187,9 @@ class VCenterSource:
         st = polled if polled is not None else self.inventory.poll()
         self.last_inventory = st
         self._inventory_polled = True
-        rows = self.inventory.snapshot_if_changed(dt.datetime.now(UTC), self.cfg.url, self.cfg.name)
+        with self.inventory.lock:
+            rows = self.inventory.snapshot_if_changed(dt.datetime.now(UTC), self.cfg.url, self.cfg.name)
+        self.inventory.listen()  # from now on changes are pushed to us (long-poll thread)
         try:
             for name in ("inv_vcenter", "inv_host", "inv_numa_node", "inv_host_pci", "inv_vm", "inv_vm_gpu"):
                 self._write(store, res, name, rows.get(name, []))
@@ -197,10 +200,11 @@ class VCenterSource:
     # ------------------------------------------------------------------ perf
     def _perf_plan(self) -> tuple[list[tuple[str, str]], dict[str, str | None]]:
         """Entities to read (powered-on GPU VMs, connected hosts) and the VMs' instance UUIDs."""
-        m = self.inventory.model
-        vms = [v for v in m.gpu_vm_morefs() if m._p(v).get("runtime.powerState") == "poweredOn"]
-        hosts = [h for h in m.host_morefs() if m._p(h).get("runtime.connectionState") in (None, "connected")]
-        inst = {v: m._p(v).get("config.instanceUuid") for v in vms}
+        with self.inventory.lock:
+            m = self.inventory.model
+            vms = [v for v in m.gpu_vm_morefs() if m._p(v).get("runtime.powerState") == "poweredOn"]
+            hosts = [h for h in m.host_morefs() if m._p(h).get("runtime.connectionState") in (None, "connected")]
+            inst = {v: m._p(v).get("config.instanceUuid") for v in vms}
         return [(v, "VirtualMachine") for v in vms] + [(h, "HostSystem") for h in hosts], inst
 
     def _perf(self, store: Any, res: CollectResult,
@@ -251,11 +255,14 @@ class VCenterSource:
         events = ev.read_events(self.session, state)
         now = time.time()
         migrations = ev.pair(events, state, now)
-        m = self.inventory.model
         rows = []
         parsed: dict[str, list[stunlog.StunRecord]] = {}
         for mig in migrations:
-            vgpu, fb = m.vm_vgpu_fb(mig.vm_moref)
+            with self.inventory.lock:
+                m = self.inventory.model
+                facts = (m.vm_vgpu_fb(mig.vm_moref), m.cluster_of(mig.dst_host_moref)[1],
+                         m._p(mig.vm_moref).get("config.instanceUuid"))
+            (vgpu, fb), cl_name, inst_uuid = facts
             stun = None
             # every migrated VM's log is read, from where the last read stopped
             if mig.vm_moref not in parsed:
@@ -265,7 +272,6 @@ class VCenterSource:
                 _dt(mig.started_at) if mig.started_at else None,
                 _dt(mig.ended_at),
             )
-            _, cl_name = m.cluster_of(mig.dst_host_moref)
             reason = mig.failure_reason
             if stun is not None and stun.failure_reason:
                 reason = stun.failure_reason
@@ -275,7 +281,7 @@ class VCenterSource:
                 "vcenter_uuid": self.vcenter_uuid,
                 "chain_id": mig.chain_id,
                 "vm_moref": mig.vm_moref,
-                "vm_instance_uuid": m._p(mig.vm_moref).get("config.instanceUuid"),
+                "vm_instance_uuid": inst_uuid,
                 "vm_name": mig.vm_name,
                 "cluster_name": mig.cluster_name or cl_name,
                 "src_host_moref": mig.src_host_moref,
@@ -296,8 +302,8 @@ class VCenterSource:
 
     def _read_log(self, vm: str, dc_name: str | None, state: VCenterState,
                   res: CollectResult) -> list[stunlog.StunRecord]:
-        m = self.inventory.model
-        dc, logdir = m.vm_dc_and_logdir(vm)
+        with self.inventory.lock:
+            dc, logdir = self.inventory.model.vm_dc_and_logdir(vm)
         if logdir is None:  # not a GPU VM: the inventory did not keep it; ask for this one property
             try:
                 logdir = self.session.call(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from accelmon.collector.vcenter.session import VCenterSession
@@ -110,7 +111,12 @@ def test_steady_poll_reads_only_changes(estate: Vcsim, source: VCenterSource, st
 
         vm = vim.VirtualMachine(gpu_vm["moref"], admin.stub)
         WaitForTask(vm.PowerOffVM_Task())
-        res = source.collect_inventory(store)
+        deadline = time.monotonic() + 10  # pushed to the listener within the server's 250 ms tick
+        while True:
+            res = source.collect_inventory(store)
+            if res.rows.get("inv_vm") or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert res.rows.get("inv_vm") and not source.last_inventory.full
         states = _rows(store, f"SELECT power_state FROM inv_vm WHERE vm_moref = '{gpu_vm['moref']}' "
                               "ORDER BY snapshot_ts DESC LIMIT 1")
@@ -118,3 +124,20 @@ def test_steady_poll_reads_only_changes(estate: Vcsim, source: VCenterSource, st
         WaitForTask(vm.PowerOnVM_Task())
     finally:
         admin.close()
+
+
+def test_vsphere8_fields(tmp_path: Any) -> None:
+    """With a vSphere 8 API the device's virtual NUMA node (VirtualDevice.numaNode) is read."""
+    with Vcsim.start(clusters=1, hosts_per_cluster=2, vms=20, seed=5, api_version="8.0.2.0") as sim:
+        src = VCenterSource(vc_config(sim))
+        store = Store(tmp_path / "d8")
+        try:
+            src.collect_inventory(store)
+        finally:
+            src.close()
+        rows = _rows(store, "SELECT vm_moref, device_key, device_numa_node, migrate_supported FROM inv_vm_gpu")
+        want = {(v["moref"], g["device_key"]) for v in sim.manifest["vms"] for g in v["gpus"]}
+        assert {(r["vm_moref"], r["device_key"]) for r in rows} == want
+        assert all(r["device_numa_node"] is not None for r in rows)
+        (vc,) = _rows(store, "SELECT api_version FROM inv_vcenter")
+        assert vc["api_version"].startswith("8.")
