@@ -1,0 +1,315 @@
+"""Consolidation planner: pack underutilized GPU workloads onto fewer physical GPUs and hosts.
+
+Pure and deterministic: :func:`plan` takes plain dataclasses and returns a :class:`Plan`.
+Rules (docs/analytics.md, "Consolidation"):
+
+* only workloads of GPUs whose tenants are *all* underutilized move, and only a whole GPU's
+  tenants at once (a GPU is freed or left alone); multi-GPU VMs stay where they are;
+* a receiving GPU already has tenants (moving onto an empty GPU frees nothing), is the same
+  model as the source (utilization percentages stay comparable) and has a known NUMA node;
+* time-sliced and MIG-backed vGPUs never share a GPU; a passthrough GPU is whole and never
+  receives; a passthrough workload may move only by converting to the smallest time-sliced
+  C-series profile that holds its measured framebuffer high-water mark + 10 %;
+* time-sliced ``sameSize`` GPUs host one framebuffer size; before vSphere 8.0 U1 one profile
+  (``mixed_series_ok`` False), from 8.0 U1 C/Q/A series of that size may mix; ``mixedSize``
+  hosts allow different sizes up to each profile's ``max_mixed``; every profile's per-GPU
+  maximum holds; the framebuffers of a GPU's vGPUs sum to at most its memory; MIG-backed
+  profiles also obey 7 compute slices;
+* the receiving GPU's summed tenant p95 utilization stays ≤ ``target_util_percent``;
+* the VM lands NUMA-local: its vCPUs fit the free logical CPUs of the target GPU's node and
+  its memory fits the target host; the move sets ``numa.nodeAffinity`` to that node.
+
+Savings: freed GPUs × their measured idle power (GPUs without a measurement are counted
+separately, never guessed); kWh/month = W × 730 h / 1000.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from accelmon.analytics.profiles import GIB, Profile, ProfileTable
+
+HOURS_PER_MONTH = 730.0
+FB_HEADROOM = 1.10
+MIG_SLICES = 7
+
+
+@dataclass(frozen=True)
+class PGpu:
+    gpu_id: str  # "<host_moref>/<pci sbdf>"
+    host: str
+    numa_node: int | None
+    model: str | None  # profile-table model key
+    fb_total_bytes: int
+    vgpu_mode: str = "sameSize"  # host graphics mode: sameSize | mixedSize
+    mixed_series_ok: bool = True  # vSphere >= 8.0 U1
+    idle_power_watts: float | None = None
+    uuid: str | None = None  # GPU UUID where known (passthrough agent data)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    vm: str  # VM moref (with vCenter) - unique
+    vm_name: str
+    device_key: int
+    gpu_id: str  # current PGpu
+    kind: str  # passthrough | vgpu
+    profile: str | None  # table profile name for vGPUs ("10c", "1-5c")
+    p95_util_percent: float | None  # of the current physical GPU
+    mean_util_percent: float | None = None
+    underutilized: bool | None = None
+    fb_hwm_bytes: int | None = None
+    num_cpu: int = 1
+    memory_bytes: int = 0
+    vm_gpu_count: int = 1
+    measured_gpu: str | None = None  # the GPU id the utilization came from
+
+
+@dataclass(frozen=True)
+class HostCap:
+    host: str
+    memory_bytes: int
+    node_cpus: dict[int, int]  # logical CPUs per NUMA node
+
+
+@dataclass
+class Move:
+    vm: str
+    vm_name: str
+    device_key: int
+    from_gpu: str
+    to_gpu: str
+    from_host: str
+    to_host: str
+    to_numa_node: int
+    from_profile: str | None
+    to_profile: str
+    converted: bool
+    fix: str
+    evidence: dict[str, Any]
+
+
+@dataclass
+class Plan:
+    moves: list[Move] = field(default_factory=list)
+    freed_gpus: list[str] = field(default_factory=list)
+    freed_hosts: list[str] = field(default_factory=list)
+    watts_saved: float = 0.0
+    kwh_month_saved: float = 0.0
+    unmeasured_freed_gpus: int = 0
+    reason: str = ""
+    target_util_percent: float = 60.0
+    # final placement: gpu_id -> [(tenant, profile)]
+    placement: dict[str, list[tuple[Tenant, Profile | None]]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "moves": [m.__dict__ for m in self.moves],
+            "freed_gpus": self.freed_gpus,
+            "freed_hosts": self.freed_hosts,
+            "watts_saved": round(self.watts_saved, 3),
+            "kwh_month_saved": round(self.kwh_month_saved, 3),
+            "unmeasured_freed_gpus": self.unmeasured_freed_gpus,
+            "target_util_percent": self.target_util_percent,
+            "reason": self.reason,
+        }
+
+
+class _State:
+    def __init__(self, gpus: dict[str, PGpu], hosts: dict[str, HostCap]) -> None:
+        self.gpus = gpus
+        self.hosts = hosts
+        self.ten: dict[str, list[tuple[Tenant, Profile | None]]] = {g: [] for g in gpus}
+        self.node_used: dict[tuple[str, int], int] = {}
+        self.mem_used: dict[str, int] = {}
+
+    def add(self, t: Tenant, p: Profile | None, g: str) -> None:
+        self.ten[g].append((t, p))
+        gpu = self.gpus[g]
+        if gpu.numa_node is not None:
+            k = (gpu.host, gpu.numa_node)
+            self.node_used[k] = self.node_used.get(k, 0) + t.num_cpu
+        self.mem_used[gpu.host] = self.mem_used.get(gpu.host, 0) + t.memory_bytes
+
+    def remove(self, t: Tenant, g: str) -> None:
+        self.ten[g] = [(x, p) for x, p in self.ten[g] if x is not t]
+        gpu = self.gpus[g]
+        if gpu.numa_node is not None:
+            k = (gpu.host, gpu.numa_node)
+            self.node_used[k] = self.node_used.get(k, 0) - t.num_cpu
+        self.mem_used[gpu.host] = self.mem_used.get(gpu.host, 0) - t.memory_bytes
+
+    def load(self, g: str) -> float:
+        return sum(100.0 if t.p95_util_percent is None else t.p95_util_percent for t, _ in self.ten[g])
+
+
+def profile_allowed(gpu: PGpu, existing: list[Profile | None], p: Profile) -> bool:
+    """Can vGPU profile ``p`` join a GPU hosting ``existing`` (None = passthrough)?"""
+    if p.model != gpu.model:
+        return False
+    if any(q is None for q in existing):  # passthrough: whole GPU
+        return False
+    qs = [q for q in existing if q is not None]
+    if any(q.mode != p.mode for q in qs):  # time-sliced and MIG never share
+        return False
+    if sum(q.fb_bytes for q in qs) + p.fb_bytes > gpu.fb_total_bytes:
+        return False
+    same = sum(1 for q in qs if q.name == p.name) + 1
+    if p.mode == "mig":
+        return same <= p.max_per_gpu and sum(q.mig_slices for q in qs) + p.mig_slices <= MIG_SLICES
+    if gpu.vgpu_mode == "mixedSize":
+        return same <= p.max_mixed
+    if any(q.fb_bytes != p.fb_bytes for q in qs):
+        return False
+    if not gpu.mixed_series_ok and any(q.name != p.name for q in qs):
+        return False
+    return len(qs) + 1 <= p.max_per_gpu
+
+
+def _conversion(t: Tenant, gpu: PGpu, table: ProfileTable, existing: list[Profile | None]) -> Profile | None:
+    """Smallest time-sliced C profile holding the measured framebuffer high-water mark + 10 %."""
+    if t.fb_hwm_bytes is None or gpu.model is None:
+        return None
+    need = max(t.fb_hwm_bytes * FB_HEADROOM, 1.0 * GIB)
+    cands = sorted(
+        (p for p in table.for_model(gpu.model) if p.mode == "time_sliced" and p.series == "C" and p.fb_bytes >= need),
+        key=lambda p: (p.fb_bytes, p.name),
+    )
+    for p in cands:
+        if profile_allowed(gpu, existing, p):
+            return p
+    return None
+
+
+def _fits(st: _State, t: Tenant, src: PGpu, g: str, table: ProfileTable, target: float,
+          cur: Profile | None) -> Profile | None:
+    gpu = st.gpus[g]
+    if gpu.model is None or gpu.model != src.model or gpu.numa_node is None:
+        return None
+    existing = [p for _, p in st.ten[g]]
+    if not existing:
+        return None
+    if st.load(g) + (100.0 if t.p95_util_percent is None else t.p95_util_percent) > target:
+        return None
+    host = st.hosts.get(gpu.host)
+    if host is None:
+        return None
+    cpus = host.node_cpus.get(gpu.numa_node)
+    if cpus is None:
+        return None
+    moving_host = gpu.host != src.host
+    node_same = gpu.host == src.host and gpu.numa_node == src.numa_node
+    if not node_same and st.node_used.get((gpu.host, gpu.numa_node), 0) + t.num_cpu > cpus:
+        return None
+    if moving_host and st.mem_used.get(gpu.host, 0) + t.memory_bytes > host.memory_bytes:
+        return None
+    if t.kind == "passthrough":
+        return _conversion(t, gpu, table, existing)
+    if cur is None or not profile_allowed(gpu, existing, cur):
+        return None
+    return cur
+
+
+def plan(
+    gpus: list[PGpu],
+    tenants: list[Tenant],
+    hosts: list[HostCap],
+    table: ProfileTable,
+    *,
+    target_util_percent: float = 60.0,
+) -> Plan:
+    """The consolidation plan (see module doc). Never raises for an infeasible estate."""
+    gmap = {g.gpu_id: g for g in sorted(gpus, key=lambda g: g.gpu_id)}
+    st = _State(gmap, {h.host: h for h in hosts})
+    cur_profile: dict[int, Profile | None] = {}
+    for t in sorted(tenants, key=lambda t: (t.gpu_id, t.vm, t.device_key)):
+        if t.gpu_id not in gmap:
+            continue
+        model = gmap[t.gpu_id].model
+        p = table.get(model, t.profile) if (t.kind == "vgpu" and model and t.profile) else None
+        cur_profile[id(t)] = p
+        st.add(t, p, t.gpu_id)
+    out = Plan(target_util_percent=target_util_percent)
+    if not tenants:
+        out.reason = "no GPU workloads in the inventory"
+        out.placement = st.ten
+        return out
+
+    def movable(g: str) -> bool:
+        ts = st.ten[g]
+        return bool(ts) and gmap[g].model is not None and all(
+            t.underutilized is True and t.vm_gpu_count == 1 and t.p95_util_percent is not None
+            and (t.kind == "passthrough" or cur_profile.get(id(t)) is not None)
+            for t, _ in ts
+        )
+
+    donors = sorted((g for g in gmap if movable(g)), key=lambda g: (st.load(g), g))
+    if not donors:
+        out.reason = "no GPU whose workloads are all underutilized (and movable: single-GPU VMs with measurements)"
+        out.placement = st.ten
+        return out
+    received: set[str] = set()
+    freed: list[str] = []
+    moves: list[Move] = []
+    for d in donors:
+        if d in received or not st.ten[d]:
+            continue
+        trial = copy.copy(st)
+        trial.ten = {k: list(v) for k, v in st.ten.items()}
+        trial.node_used = dict(st.node_used)
+        trial.mem_used = dict(st.mem_used)
+        pending: list[Move] = []
+        ok = True
+        for t, p in sorted(trial.ten[d], key=lambda x: (-(x[0].p95_util_percent or 0), x[0].vm, x[0].device_key)):
+            order = sorted(
+                (g for g in gmap if g != d and g not in freed and trial.ten[g]),
+                key=lambda g: (-trial.load(g), g),
+            )
+            target_gpu = None
+            for g in order:
+                q = _fits(trial, t, gmap[d], g, table, target_util_percent, p)
+                if q is not None:
+                    target_gpu = (g, q)
+                    break
+            if target_gpu is None:
+                ok = False
+                break
+            g, q = target_gpu
+            trial.remove(t, d)
+            trial.add(t, q, g)
+            tg = gmap[g]
+            conv = t.kind == "passthrough"
+            fix = (f'vMotion {t.vm_name} to {tg.host}, '
+                   f'{"convert passthrough to vGPU " + q.name.upper() + " on" if conv else "vGPU " + q.name.upper() + " on"}'
+                   f' GPU {tg.gpu_id.split("/", 1)[-1]}, set numa.nodeAffinity = "{tg.numa_node}"')
+            pending.append(Move(
+                vm=t.vm, vm_name=t.vm_name, device_key=t.device_key, from_gpu=d, to_gpu=g,
+                from_host=gmap[d].host, to_host=tg.host, to_numa_node=int(tg.numa_node or 0),
+                from_profile=None if conv else (p.name if p else t.profile), to_profile=q.name, converted=conv,
+                fix=fix,
+                evidence={"p95_util_percent": t.p95_util_percent, "mean_util_percent": t.mean_util_percent,
+                          "fb_hwm_bytes": t.fb_hwm_bytes, "measured_gpu": t.measured_gpu,
+                          "target_gpu_p95_sum_after": round(trial.load(g), 3)},
+            ))
+        if ok:
+            st = trial
+            freed.append(d)
+            moves += pending
+            received.update(m.to_gpu for m in pending)
+    out.moves = moves
+    out.freed_gpus = sorted(freed)
+    before_hosts = {gmap[t.gpu_id].host for t in tenants if t.gpu_id in gmap}
+    out.freed_hosts = sorted(h for h in before_hosts if all(not st.ten[g] for g in gmap if gmap[g].host == h))
+    measured = [gmap[g].idle_power_watts for g in out.freed_gpus if gmap[g].idle_power_watts is not None]
+    out.unmeasured_freed_gpus = len(out.freed_gpus) - len(measured)
+    out.watts_saved = float(sum(measured))  # type: ignore[arg-type]
+    out.kwh_month_saved = out.watts_saved * HOURS_PER_MONTH / 1000.0
+    out.placement = st.ten
+    if not moves:
+        out.reason = (f"{len(donors)} underutilized GPU(s), but no receiving GPU satisfies the rules "
+                      f"(same model, profile/framebuffer, NUMA capacity, p95 sum ≤ {target_util_percent:g} %)")
+    else:
+        out.reason = f"{len(moves)} move(s) free {len(freed)} GPU(s) and {len(out.freed_hosts)} host(s)"
+    return out
