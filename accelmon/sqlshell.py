@@ -58,8 +58,15 @@ def run_query(store: Store, query: str, fmt: str = "table", out: TextIO | None =
     out = out or sys.stdout
     con = store.connect()
     try:
-        rel = con.sql(query)
-        render(rel, fmt, out)
+        for attempt in range(3):
+            try:
+                rel = con.sql(query)
+                render(rel, fmt, out)
+                break
+            except duckdb.IOException as e:
+                # the query listed a file just before a compaction swapped its partition: re-plan
+                if attempt == 2 or "No such file" not in str(e):
+                    raise
     except duckdb.Error as e:
         print(f"accelmon: sql: {_err_line(e)}", file=sys.stderr)
         return 1

@@ -345,6 +345,7 @@ INV_VM_GPU = _register(
             C("host_numa_node", _I16, "host NUMA node of the physical GPU"),
             C("device_numa_node", _I16, "vSphere 8 VirtualDevice.numaNode (virtual node) if set"),
             C("migrate_supported", _BOOL, "VmiopBackingInfo.migrateSupported"),
+            C("vgpu_migrate_data_bytes", _I64, "VmiopBackingInfo.vgpuMigrateDataSizeMB × 2^20 (vSphere 8; drives stun time)"),
         ),
         partition_ts="snapshot_ts",
         sort_by=("vcenter_uuid", "vm_moref", "device_key"),

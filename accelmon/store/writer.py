@@ -92,10 +92,15 @@ def to_arrow(t: Table, rows: Any) -> pa.Table:
     if unknown:
         raise ValueError(f"{t.name}: unknown column(s) {', '.join(sorted(unknown))}")
     cols = []
+    fields = []
     n = data.num_rows
     for f in schema:
         if f.name in data.column_names:
             col = data.column(f.name)
+            if pa.types.is_dictionary(col.type) and col.type.value_type == f.type:
+                fields.append(pa.field(f.name, col.type, nullable=f.nullable))  # keep dictionary encoding
+                cols.append(col)
+                continue
             if col.type != f.type:
                 col = _cast(col, f.type, t.name, f.name)
         else:
@@ -103,7 +108,8 @@ def to_arrow(t: Table, rows: Any) -> pa.Table:
                 raise ValueError(f"{t.name}: missing required column {f.name}")
             col = pa.nulls(n, f.type)
         cols.append(col)
-    out = pa.Table.from_arrays(cols, schema=schema)
+        fields.append(f)
+    out = pa.Table.from_arrays(cols, schema=pa.schema(fields))
     for f in schema:
         if not f.nullable and out.column(f.name).null_count:
             raise ValueError(f"{t.name}: column {f.name} must not be null")
@@ -129,8 +135,12 @@ def _key_codes(col: pa.ChunkedArray) -> np.ndarray:
     """Integer codes that sort like the column (nulls first)."""
     typ = col.type
     if pa.types.is_dictionary(typ):
-        col = col.cast(typ.value_type)
-        typ = typ.value_type
+        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        dictionary = arr.dictionary
+        rank = np.empty(len(dictionary), dtype=np.int64)
+        rank[np.asarray(pc.array_sort_indices(dictionary).to_numpy())] = np.arange(len(dictionary))
+        idx = np.asarray(arr.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+        return np.where(idx < 0, -1, rank[np.clip(idx, 0, None)]) if len(rank) else idx
     if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_boolean(typ):
         uniq = pc.unique(col).drop_null()
         uniq = uniq.take(pc.array_sort_indices(uniq))
@@ -253,10 +263,12 @@ class Store:
         data = to_arrow(t, rows)
         if data.num_rows == 0:
             return 0
-        days = pc.strftime(data.column(t.partition_ts), format="%Y-%m-%d")
-        uniq = pc.unique(days).to_pylist()
-        for day in uniq:
-            part = data if len(uniq) == 1 else data.filter(pc.equal(days, day))
+        ms = np.asarray(data.column(t.partition_ts).cast(pa.int64()).to_numpy(), dtype=np.int64)
+        day_no = ms // 86_400_000
+        uniq = np.unique(day_no)
+        for d in uniq:
+            day = (dt.date(1970, 1, 1) + dt.timedelta(days=int(d))).isoformat()
+            part = data if len(uniq) == 1 else data.filter(pa.array(day_no == d))
             self._append_partition(t, day, part)
         return data.num_rows
 
@@ -318,7 +330,11 @@ class Store:
             inputs = sorted(old.glob("*.parquet"))
             if len(inputs) < min_files:
                 return None
-            data = pa.concat_tables([to_arrow(t, pq.read_table(p)) for p in inputs], promote_options="none")
+            strings = [c.name for c in t.columns if pa.types.is_string(c.type)]
+            data = pa.concat_tables(
+                [to_arrow(t, pq.read_table(p, read_dictionary=strings)) for p in inputs], promote_options="permissive"
+            ).unify_dictionaries()
+            data = data.combine_chunks()
             keys = [c for c in t.sort_by if c in data.column_names]
             if keys and data.num_rows:
                 data = data.take(sort_indices(data, keys))
