@@ -226,6 +226,9 @@ def test_vmotion_events_paired_by_chain(vcsim: Vcsim, content) -> None:
         elif m["initiator"] == "drs":
             assert isinstance(end, vim.event.DrsVmMigratedEvent)
             assert end.computeResource.name and end.datacenter.name
+            task = next(t for t in content.taskManager.recentTask if t._moId == m["drs_task"])
+            assert task.info.descriptionId == "Drm.ExecuteVMotionLRO" and task.info.entity._moId == m["vm"]
+            assert task.info.state == "success" and task.info.eventChainId == m["chain_id"]
         else:
             assert type(end) is vim.event.VmMigratedEvent
         if m["result"] == "success":

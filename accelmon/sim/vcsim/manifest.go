@@ -111,6 +111,7 @@ type mMigration struct {
 	MigrationID int64     `json:"migration_id"`
 	SrcLog      string    `json:"source_log"`
 	DstLog      *string   `json:"dest_log"`
+	Task        *string   `json:"drs_task"`
 }
 
 type mCluster struct {
@@ -280,6 +281,7 @@ func buildManifest(e *estate, start time.Time, timings map[string]any) *manifest
 		}
 		if m.DRS {
 			mm.Initiator = "drs"
+			mm.Task = strOrNil(m.Task)
 		}
 		if m.Failed {
 			mm.Result = "failed"

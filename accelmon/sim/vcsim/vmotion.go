@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/simulator/esx"
 	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/methods"
@@ -41,6 +42,7 @@ type migration struct {
 	Keys      []int32
 	SrcLog    string
 	DstLog    string
+	Task      string // DRS: the Drm.ExecuteVMotionLRO task
 }
 
 // stunSeconds interpolates the published vGPU stun figures (framebuffer GB -> seconds).
@@ -296,7 +298,28 @@ func postMigrationEvents(ctx context.Context, c *vim25.Client, r *eventRefs, mig
 		ev.UserName = te.usr
 		te.m.Keys = append(te.m.Keys, ev.Key)
 	}
+	for _, m := range migs {
+		if m.DRS {
+			drsTask(m)
+		}
+	}
 	return first, nil
+}
+
+// drsTask records a DRS move as vCenter does: a completed Drm.ExecuteVMotionLRO task on the VM
+// (in TaskManager.recentTask; this simulator has no task history collector).
+func drsTask(m *migration) {
+	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: m.VM.Moref}
+	t := simulator.CreateTask(ref, "ExecuteVMotionLRO", nil)
+	start, end := m.Start.Add(-300*time.Millisecond), m.End
+	t.Info.DescriptionId = "Drm.ExecuteVMotionLRO"
+	t.Info.Name = ""
+	t.Info.EntityName = m.VM.Name
+	t.Info.Reason = &types.TaskReasonSystem{}
+	t.Info.State = types.TaskInfoStateSuccess
+	t.Info.QueueTime, t.Info.StartTime, t.Info.CompleteTime = start, &start, &end
+	t.Info.EventChainId = m.ChainID
+	m.Task = t.Self.Value
 }
 
 // backdateEvents moves the creation/power-on events (posted at startup) before the
