@@ -165,3 +165,24 @@ def test_standalone_entry_prints_url(tmp_path: Path) -> None:
     finally:
         p.send_signal(signal.SIGINT)
         assert p.wait(timeout=20) == 0
+
+
+def test_counter_key_offset(vcsim_factory) -> None:
+    """Counter keys differ between installs: with an offset, lookups by name still work."""
+    sim = vcsim_factory(vms=10, clusters=1, hosts_per_cluster=1, counter_key_offset=1000)
+    assert sim.manifest["counters"]["power.power.average"]["key"] == 1157
+    si = SmartConnect(host=sim.host, port=sim.port, user=sim.user, pwd=sim.password, sslContext=sim.ssl_context())
+    try:
+        pm = si.RetrieveContent().perfManager
+        by_name = {f"{c.groupInfo.key}.{c.nameInfo.key}.{c.rollupType}": c.key for c in pm.perfCounter}
+        power = by_name["power.power.average"]
+        assert power == 1157
+        assert pm.QueryPerfCounter([power])[0].nameInfo.key == "power"
+        host = si.RetrieveContent().viewManager.CreateContainerView(
+            si.RetrieveContent().rootFolder, [vim.HostSystem], True).view[0]
+        assert power in {m.counterId for m in pm.QueryAvailablePerfMetric(host, intervalId=20)}
+        res = pm.QueryPerf([vim.PerformanceManager.QuerySpec(
+            entity=host, metricId=[vim.PerformanceManager.MetricId(counterId=power, instance="")], maxSample=3)])
+        assert res[0].value[0].id.counterId == power and min(res[0].value[0].value) > 300
+    finally:
+        Disconnect(si)

@@ -70,6 +70,7 @@ class Vcsim:
         api_version: str = "7.0.3.0",
         session_idle_timeout_s: float | None = None,
         method_delay_ms: dict[str, int] | None = None,
+        counter_key_offset: int = 0,
         timeout_s: float | None = None,
     ) -> Vcsim:
         """Build (cached) and start the simulator on ``host:port`` (0 = a free port).
@@ -79,6 +80,7 @@ class Vcsim:
         ``api_version`` 8.x adds vSphere 8 fields (vgpuMigrateDataSizeMB, ...).
         ``method_delay_ms`` slows SOAP methods down, e.g. ``{"QueryPerf": 2000}`` (a slow vCenter);
         ``session_idle_timeout_s`` expires idle sessions (NotAuthenticated on the next call).
+        ``counter_key_offset`` shifts every perf counter key, as keys differ between real installs.
         """
         binary = build()
         password = password or secrets.token_urlsafe(12)
@@ -87,7 +89,7 @@ class Vcsim:
             str(binary), "-dir", str(run_dir), "-remove-dir", "-listen", f"{host}:{port}",
             "-clusters", str(clusters), "-hosts-per-cluster", str(hosts_per_cluster), "-vms", str(vms),
             "-gpu-vm-ratio", repr(float(gpu_vm_ratio)), "-seed", str(seed), "-vmotions", str(vmotions),
-            "-user", user, "-api-version", api_version,
+            "-user", user, "-api-version", api_version, "-counter-key-offset", str(counter_key_offset),
         ]
         if not tls:
             args.append("-no-tls")

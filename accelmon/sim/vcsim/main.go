@@ -47,6 +47,7 @@ func main() {
 	user := flag.String("user", "administrator@vsphere.local", "login user (password from $VCSIM_PASSWORD)")
 	apiVersion := flag.String("api-version", "7.0.3.0", "advertised vSphere API version (8.x adds vSphere 8 fields)")
 	idle := flag.Duration("session-idle-timeout", 0, "expire idle sessions after this long (0: never)")
+	keyOffset := flag.Int("counter-key-offset", 0, "shift all perf counter keys (they differ between real installs)")
 	delays := flag.String("method-delay", "", "per-method delays in ms, e.g. RetrievePropertiesEx=500,QueryPerf=2000")
 	flag.Parse()
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
@@ -59,6 +60,7 @@ func main() {
 		fail("VCSIM_PASSWORD is not set")
 	}
 	apiV8 = strings.HasPrefix(*apiVersion, "8.")
+	counterKeyOffset = int32(*keyOffset)
 
 	t0 := time.Now()
 	timings := map[string]any{}

@@ -178,8 +178,8 @@ func buildManifest(e *estate, start time.Time, timings map[string]any) *manifest
 			"instance_uuid": e.InstanceUID, "datacenter": "DC0", "api_version": "",
 		},
 		Counters: map[string]any{
-			"power.power.average":    map[string]any{"key": counterPower, "unit": "W", "level": 2},
-			"power.energy.summation": map[string]any{"key": counterEnergy, "unit": "J", "level": 3},
+			"power.power.average":    map[string]any{"key": counterPower + counterKeyOffset, "unit": "W", "level": 2},
+			"power.energy.summation": map[string]any{"key": counterEnergy + counterKeyOffset, "unit": "J", "level": 3},
 			"interval_s":             sampleSec, "realtime_samples_kept": realtimeKeep,
 		},
 		Power: map[string]any{

@@ -29,10 +29,27 @@ type perfManager struct {
 	vms   map[string]*vmPlan
 	hosts map[string]*hostPlan
 	now   func() time.Time
+	off   int32 // counter key offset: keys differ between real installs
 }
 
+// counterKeyOffset shifts every counter key the clients see (flag -counter-key-offset).
+var counterKeyOffset int32
+
 func newPerfManager(pm *simulator.PerformanceManager, e *estate) *perfManager {
-	p := &perfManager{PerformanceManager: *pm, vms: map[string]*vmPlan{}, hosts: map[string]*hostPlan{}, now: time.Now}
+	p := &perfManager{PerformanceManager: *pm, vms: map[string]*vmPlan{}, hosts: map[string]*hostPlan{}, now: time.Now,
+		off: counterKeyOffset}
+	if p.off != 0 {
+		p.PerfCounter = append([]types.PerfCounterInfo(nil), pm.PerfCounter...)
+		for i := range p.PerfCounter {
+			c := &p.PerfCounter[i]
+			c.Key += p.off
+			assoc := make([]int32, len(c.AssociatedCounterId))
+			for j, a := range c.AssociatedCounterId {
+				assoc[j] = a + p.off
+			}
+			c.AssociatedCounterId = assoc
+		}
+	}
 	for _, v := range e.VMs {
 		p.vms[v.Moref] = v
 	}
@@ -69,7 +86,39 @@ func sampleTimes(qs *types.PerfQuerySpec, now time.Time) []int64 {
 	return out
 }
 
+// QueryPerfCounter is implemented here: the simulator's own panics (nil response) in 0.24.
+func (p *perfManager) QueryPerfCounter(ctx *simulator.Context, req *types.QueryPerfCounter) soap.HasFault {
+	body := &methods.QueryPerfCounterBody{Res: new(types.QueryPerfCounterResponse)}
+	index := make(map[int32]types.PerfCounterInfo, len(p.PerfCounter))
+	for _, c := range p.PerfCounter {
+		index[c.Key] = c
+	}
+	for _, id := range req.CounterId {
+		c, ok := index[id]
+		if !ok {
+			return &methods.QueryPerfCounterBody{Fault_: simulator.Fault("", &types.InvalidArgument{InvalidProperty: "counterId"})}
+		}
+		body.Res.Returnval = append(body.Res.Returnval, c)
+	}
+	return body
+}
+
+// QueryAvailablePerfMetric translates the shifted counter keys.
+func (p *perfManager) QueryAvailablePerfMetric(ctx *simulator.Context, req *types.QueryAvailablePerfMetric) soap.HasFault {
+	res := p.PerformanceManager.QueryAvailablePerfMetric(ctx, req)
+	if body := res.(*methods.QueryAvailablePerfMetricBody); body.Res != nil {
+		out := make([]types.PerfMetricId, len(body.Res.Returnval))
+		for i, m := range body.Res.Returnval {
+			m.CounterId += p.off
+			out[i] = m
+		}
+		body.Res.Returnval = out
+	}
+	return res
+}
+
 func (p *perfManager) value(ref types.ManagedObjectReference, counter int32, t int64) int64 {
+	counter -= p.off
 	var watts float64
 	switch ref.Type {
 	case "VirtualMachine":
@@ -119,12 +168,25 @@ func (p *perfManager) QueryPerf(ctx *simulator.Context, req *types.QueryPerf) so
 		out[i] = p.entityMetric(ctx, qs, now)
 	}
 	if len(other) > 0 {
+		for i := range other {
+			ids := make([]types.PerfMetricId, len(other[i].MetricId))
+			for j, id := range other[i].MetricId {
+				id.CounterId -= p.off
+				ids[j] = id
+			}
+			other[i].MetricId = ids
+		}
 		res := p.PerformanceManager.QueryPerf(ctx, &types.QueryPerf{This: req.This, QuerySpec: other})
 		rb := res.(*methods.QueryPerfBody)
 		if rb.Fault_ != nil {
 			return rb
 		}
 		for j, m := range rb.Res.Returnval {
+			if em, ok := m.(*types.PerfEntityMetric); ok {
+				for _, s := range em.Value {
+					s.GetPerfMetricSeries().Id.CounterId += p.off
+				}
+			}
 			out[otherAt[j]] = m
 		}
 	}
