@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ssl
 import urllib.error
@@ -278,6 +279,19 @@ def test_vmware_log_downloadable_with_stun_lines(vcsim: Vcsim, si) -> None:
     with pytest.raises(urllib.error.HTTPError) as e:
         _get(vcsim, vcsim.folder_url("no-such-vm", "vmware.log"), cookie)
     assert e.value.code == 404
+
+
+def test_folder_needs_a_session_or_basic_auth(vcsim: Vcsim, si) -> None:
+    url = vcsim.folder_url(vcsim.manifest["vmotions"][0]["vm_name"])
+    for cookie in (None, 'vmware_soap_session="not-a-session"'):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            _get(vcsim, url, cookie)
+        assert e.value.code == 401
+    assert _get(vcsim, url, si._stub.cookie)
+    token = base64.b64encode(f"{vcsim.user}:{vcsim.password}".encode()).decode()
+    req = urllib.request.Request(url, headers={"Authorization": f"Basic {token}", "Range": "bytes=10-"})
+    with urllib.request.urlopen(req, context=vcsim.ssl_context(), timeout=10) as r:
+        assert r.status == 206  # ranged reads: fetch only the new bytes of a growing log
 
 
 def test_property_collector_sees_dynamic_backing_vm(vcsim: Vcsim, si, content) -> None:

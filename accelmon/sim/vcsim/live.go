@@ -23,24 +23,55 @@ import (
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25"
+	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
 type live struct {
-	mu           sync.Mutex
-	e            *estate
-	c            *vim25.Client
-	refs         *eventRefs
-	pm           *perfManager
-	user, pass   string
-	manifestPath string
-	start        time.Time
-	timings      map[string]any
-	extra        map[string]any // added to the manifest's vcenter section
+	mu             sync.Mutex
+	e              *estate
+	c              *vim25.Client
+	refs           *eventRefs
+	pm             *perfManager
+	user, pass     string
+	manifestPath   string
+	start          time.Time
+	timings        map[string]any
+	extra          map[string]any // added to the manifest's vcenter section
+	sessionManager types.ManagedObjectReference
 }
 
 func (l *live) register(s *simulator.Service) {
 	s.HandleFunc("/accelmon/vmotion", l.vmotionHandler)
+}
+
+// requireAuth wraps the server: like vCenter, /folder needs a session cookie or basic auth
+// (the simulator itself serves datastore files to anyone).
+func (l *live) requireAuth(inner http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/folder") && !l.authorized(r) {
+			w.Header().Set("WWW-Authenticate", `Basic realm="VMware HTTP server"`)
+			http.Error(w, "401 Unauthorized", http.StatusUnauthorized)
+			return
+		}
+		inner.ServeHTTP(w, r)
+	})
+}
+
+func (l *live) authorized(r *http.Request) bool {
+	if u, p, ok := r.BasicAuth(); ok {
+		return subtle.ConstantTimeCompare([]byte(u), []byte(l.user)) == 1 &&
+			subtle.ConstantTimeCompare([]byte(p), []byte(l.pass)) == 1
+	}
+	cookie, err := r.Cookie(soap.SessionCookieName)
+	if err != nil || cookie.Value == "" {
+		return false
+	}
+	res, err := methods.SessionIsActive(r.Context(), l.c, &types.SessionIsActive{
+		This: l.sessionManager, SessionID: cookie.Value, UserName: l.user,
+	})
+	return err == nil && res.Returnval
 }
 
 func httpError(w http.ResponseWriter, code int, format string, args ...any) {

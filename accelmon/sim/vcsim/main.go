@@ -144,7 +144,9 @@ func main() {
 	lv.user, lv.pass, lv.manifestPath = *user, password, filepath.Join(*dir, "manifest.json")
 	lv.register(m.Service)
 	m.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*user, password)}
+	lv.sessionManager = *m.ServiceContent.SessionManager
 	s := m.Service.NewServer()
+	s.Config.Handler = lv.requireAuth(s.Config.Handler) // before the first client connects
 	timings["total"] = time.Since(t0).Seconds()
 	mf := buildManifest(e, start, timings)
 	mf.Vcenter["url"] = s.URL.Scheme + "://" + s.URL.Host + "/sdk"
