@@ -10,6 +10,7 @@ reports the GPU down and re-initialises it with backoff.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import time
@@ -122,8 +123,19 @@ class GpuSnapshot:
     pcie_source: str = ""
 
 
+_sget = ctypes.Structure.__getattribute__  # skips pynvml's slow Python-level __getattribute__ (same values)
+
+
 def _value(v: Any, value_type: int) -> float:
     return float(getattr(v, _VALUE_ATTR.get(int(value_type), "ullVal")))
+
+
+def _field(f: Any) -> tuple[int, float]:
+    """(nvmlReturn, value) of one c_nvmlFieldValue_t."""
+    rc = int(_sget(f, "nvmlReturn"))
+    if rc != 0:
+        return rc, 0.0
+    return 0, _value(_sget(f, "value"), _sget(f, "valueType"))
 
 
 def _opt(nv: Any, fname: str, *args: Any) -> Any:
@@ -432,11 +444,11 @@ class GpuPoller:
             for s in subs:
                 self.subs[s].duration_s = dur
             if res is not None and want_pcie:
-                tx, rx = res[0], res[1]
-                rcs = {int(tx.nvmlReturn), int(rx.nvmlReturn)}
+                (rc_tx, tx), (rc_rx, rx) = _field(res[0]), _field(res[1])
+                rcs = {rc_tx, rc_rx}
                 if rcs == {0}:
-                    out["pcie_tx_bytes"] = _value(tx.value, tx.valueType)
-                    out["pcie_rx_bytes"] = _value(rx.value, rx.valueType)
+                    out["pcie_tx_bytes"] = tx
+                    out["pcie_rx_bytes"] = rx
                     self._note("pcie", "ok", "", now)
                 elif rcs & nvmlerr.UNSUPPORTED:
                     self.pcie_mode = "throughput"
@@ -451,11 +463,10 @@ class GpuPoller:
                 keep, bad = [], ""
                 got: dict[int, tuple[float, float]] = {}
                 for i, link in enumerate(links):
-                    tx, rx = res[k + 2 * i], res[k + 2 * i + 1]
-                    rcs = {int(tx.nvmlReturn), int(rx.nvmlReturn)}
+                    (rc_tx, tx), (rc_rx, rx) = _field(res[k + 2 * i]), _field(res[k + 2 * i + 1])
+                    rcs = {rc_tx, rc_rx}
                     if rcs == {0}:
-                        # NVML counts these in KiB
-                        got[link] = (_value(tx.value, tx.valueType) * 1024.0, _value(rx.value, rx.valueType) * 1024.0)
+                        got[link] = (tx * 1024.0, rx * 1024.0)  # NVML counts these in KiB
                         keep.append(link)
                     elif rcs & {nv.NVML_ERROR_INVALID_ARGUMENT, nv.NVML_ERROR_NOT_SUPPORTED}:
                         log.info("%s: NVLink link %d stopped answering (%s); dropped", self._tag, link,

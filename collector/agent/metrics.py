@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 from accelmon import __version__
 
@@ -210,5 +211,47 @@ def make_registry(agent: Agent) -> CollectorRegistry:
     return reg
 
 
+def _escape_value(v: str) -> str:
+    if "\\" in v or '"' in v or "\n" in v:
+        return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return v
+
+
 def render(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text format 0.0.4 of the registry's (custom collector) metrics.
+
+    Byte for byte what ``prometheus_client.generate_latest`` writes for our metric and label
+    names (all legacy-valid; a test compares them), about three times faster: generate_latest
+    re-validates every label name of every sample with a regex (~7 ms for 8 GPUs here).
+    """
+    out: list[str] = []
+    # GPU series share one labels dict: format it once. The cache holds the dict itself, so its
+    # id cannot be reused by another dict while rendering.
+    labels_cache: dict[int, tuple[dict[str, str], str]] = {}
+    for m in registry.collect():
+        name, typ = m.name, m.type
+        if typ == "counter":
+            name += "_total"
+        elif typ == "info":
+            name, typ = name + "_info", "gauge"
+        elif typ == "unknown":
+            typ = "untyped"
+        doc = m.documentation.replace("\\", "\\\\").replace("\n", "\\n")
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} {typ}\n")
+        for smp in m.samples:
+            if smp.labels:
+                hit = labels_cache.get(id(smp.labels))
+                if hit is not None and hit[0] is smp.labels:
+                    lab = hit[1]
+                else:
+                    lab = ",".join(f'{k}="{_escape_value(v)}"' for k, v in sorted(smp.labels.items()))
+                    labels_cache[id(smp.labels)] = (smp.labels, lab)
+                out.append(f"{smp.name}{{{lab}}} {floatToGoString(smp.value)}\n")
+            else:
+                out.append(f"{smp.name} {floatToGoString(smp.value)}\n")
+    return "".join(out).encode()
+
+
+def render_reference(registry: CollectorRegistry) -> bytes:
+    """prometheus_client's own renderer (tests compare :func:`render` with it)."""
     return generate_latest(registry)

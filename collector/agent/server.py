@@ -72,6 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: AgentHTTPServer
     protocol_version = "HTTP/1.1"
     timeout = 30  # a client that stalls does not hold a thread forever
+    disable_nagle_algorithm = True  # headers and body go out at once (no 40 ms delayed-ACK stall)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("http %s - %s", self.address_string(), format % args)
@@ -107,6 +108,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not srv.tokens.check(self.headers.get("Authorization")):
                 self._send(401, b"missing or wrong bearer token\n", extra={"WWW-Authenticate": 'Bearer realm="accelmon"'})
                 return
+            # the body is the classic text format (generate_latest), so say 0.0.4, which every Prometheus 2.x reads
             self._send(200, render(srv.registry), CONTENT_TYPE_PLAIN_0_0_4)
             return
         if path == "/":

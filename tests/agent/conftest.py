@@ -116,11 +116,12 @@ def fake_http() -> Iterator[tuple[str, Behaviour]]:
                 except OSError:
                     return
                 return
-            self.send_response(beh.status)
+            status, body = beh.status, beh.body  # read once: a test may change them meanwhile
+            self.send_response(status)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(beh.body)))
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(beh.body)
+            self.wfile.write(body)
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
     srv.daemon_threads = True

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from accelmon.collector.agent.metrics import make_registry, render, render_reference
 from accelmon.collector.agent.server import AgentHTTPServer, TokenSource
 
 from accelmon.errors import UserError
@@ -70,6 +71,17 @@ def test_promtool_check_metrics_is_clean(clock) -> None:
     for text in texts:
         r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r.stdout + r.stderr
+
+
+def test_fast_renderer_writes_what_prometheus_client_writes(clock) -> None:
+    sim = sim_of("mixed", clock)
+    agent = agent_of(sim, clock, per_process=True)
+    run_polls(agent, clock, 2, 1.0)
+    reg = make_registry(agent)
+    dynamic = ("accelmon_agent_cpu_seconds_total", "accelmon_agent_resident_memory_bytes", "accelmon_agent_poll_age")
+    ours = [line for line in render(reg).decode().splitlines() if not line.startswith(dynamic)]
+    ref = [line for line in render_reference(reg).decode().splitlines() if not line.startswith(dynamic)]
+    assert len(ours) > 300 and ours == ref
 
 
 def test_bearer_token_and_rotation(clock, tmp_path: Path) -> None:
