@@ -1,0 +1,127 @@
+"""``accelmon report``: analyse a window, write report.html / findings.csv / findings.json.
+
+Output directory: ``--out DIR`` as given; else ``<report.out_dir or data-dir/reports>/<UTC time>/``,
+and then only the newest ``report.keep`` timestamped report directories are kept there.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from accelmon.analytics import findings as findings_mod
+from accelmon.analytics.analyze import Analysis, analyze
+from accelmon.analytics.samples import data_range
+from accelmon.analytics.window import resolve_window
+from accelmon.errors import UserError
+from accelmon.report import html, jsonout
+from accelmon.store.writer import Store
+
+_RUN_DIR_RE = re.compile(r"^\d{8}T\d{6}Z$")
+CSV_FIELDS = ["generated_at", "run_id", "kind", "subject", "vcenter_uuid", "window_start", "window_end", "value",
+              "reason", "fix", "evidence_json"]
+
+
+def _write_atomic(path: Path, data: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def findings_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in r.items() if k in CSV_FIELDS})
+    return buf.getvalue()
+
+
+def reports_root(store: Store, cfg: Any) -> Path:
+    out = getattr(cfg.report, "out_dir", None)
+    return Path(out) if out else store.root / "reports"
+
+
+def prune(root: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` timestamped report directories under ``root``."""
+    if not root.is_dir():
+        return []
+    runs = sorted(p for p in root.iterdir() if p.is_dir() and _RUN_DIR_RE.match(p.name))
+    gone = runs[: max(0, len(runs) - keep)]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
+
+
+def generate(store: Store, cfg: Any, *, since: str | None = None, from_: dt.datetime | None = None,
+             to: dt.datetime | None = None, out_dir: Path | None = None, now: dt.datetime | None = None,
+             log: Any = None) -> tuple[Analysis, dict[str, Any], Path]:
+    """Analyse, write the three files, store the findings; returns (analysis, json doc, out dir)."""
+    t0 = time.monotonic()
+
+    def say(msg: str) -> None:
+        if log:
+            log(f"report: {msg} ({time.monotonic() - t0:.1f}s)")
+
+    first, last = data_range(store)
+    window = resolve_window(since=since, from_=from_, to=to, default_seconds=float(cfg.thresholds.window),
+                            data_first=first, data_last=last, now=now)
+    say(f"window {window.start:%Y-%m-%d %H:%M} – {window.end:%Y-%m-%d %H:%M} UTC")
+    con = store.connect()
+    a = analyze(store, cfg.thresholds, window, con=con, now=now)
+    say(f"analysed {a.stats['rows']:,} samples of {a.gpus.height} GPUs")
+    doc = jsonout.build(a)
+    rows = findings_mod.rows(run_id=a.run_id, generated_at=a.generated_at, window=window, gpus=a.gpus,
+                             numa=a.numa, vmotion_flagged=a.vmotion["flagged"], plan=a.plan,
+                             thresholds=a.thresholds)
+    auto = out_dir is None
+    out = Path(out_dir) if out_dir is not None else reports_root(store, cfg) / a.generated_at.strftime("%Y%m%dT%H%M%SZ")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        page = html.render(a, doc)
+        say("rendered charts")
+        _write_atomic(out / "report.html", page)
+        _write_atomic(out / "findings.csv", findings_csv(rows))
+        _write_atomic(out / "findings.json", json.dumps(doc, indent=1, default=str) + "\n")
+    except OSError as e:
+        raise UserError(f"{out}: cannot write the report: {e.strerror or e}") from None
+    store.append("findings", rows)
+    if auto:
+        prune(out.parent, int(cfg.report.keep))
+    say(f"wrote {out}")
+    return a, doc, out
+
+
+def run_report(store: Store, cfg: Any, *, since: str | None = None, from_: dt.datetime | None = None,
+               to: dt.datetime | None = None, out_dir: Path | None = None, json_out: bool = False,
+               progress: bool = True) -> int:
+    """The CLI entry point (``accelmon report``). Returns the exit code; bad arguments raise UserError."""
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else None
+    a, doc, out = generate(store, cfg, since=since, from_=from_, to=to, out_dir=out_dir, log=log)
+    if json_out:
+        sys.stdout.write(json.dumps(doc, default=str) + "\n")
+        return 0
+    s = doc["summary"]
+    share = s["underutilized_share"]
+    print(f"window      {a.window.start:%Y-%m-%d %H:%M} – {a.window.end:%Y-%m-%d %H:%M} UTC ({a.window.label})")
+    print(f"GPUs        {s['gpus']}: {s['underutilized']} underutilized"
+          f"{f' ({100 * share:.0f} %)' if share is not None else ''}, {s['insufficient_data']} insufficient data")
+    print(f"idle        {s['idle_gpu_hours']:,.0f} GPU-hours, {s['idle_energy_kwh']:,.1f} kWh")
+    print(f"NUMA        {s['numa_misaligned_vms']} misaligned VM(s); vMotion: {s['vmotion_flagged']} flagged "
+          f"of {s['vmotion_migrations']}")
+    print(f"plan        {s['plan_moves']} move(s) free {s['plan_frees_gpus']} GPU(s), {s['plan_frees_hosts']} "
+          f"host(s), {s['plan_kwh_month_saved']:,.0f} kWh/month")
+    print(f"report      {out / 'report.html'}")
+    return 0

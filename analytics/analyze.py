@@ -1,0 +1,67 @@
+"""One analytics run over a window: every finding kind, as frames (no rendering, no writing)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+from accelmon.analytics import consolidation, estate, identity, numa, power, profiles, samples, utilization, vmotion
+from accelmon.analytics.window import Window
+
+from accelmon.store.writer import Store
+
+
+@dataclass
+class Analysis:
+    run_id: str
+    generated_at: dt.datetime
+    window: Window
+    thresholds: dict[str, float]
+    gpus: pl.DataFrame  # utilization per GPU, with VM/host columns
+    heat: pl.DataFrame
+    numa: pl.DataFrame
+    vmotion: dict[str, Any]
+    power: dict[str, pl.DataFrame]
+    plan: consolidation.Plan
+    changes: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | None = None,
+            con: Any | None = None, now: dt.datetime | None = None) -> Analysis:
+    """``thresholds``: :class:`accelmon.config.ThresholdsConfig` (or anything with its fields)."""
+    th = {k: float(getattr(thresholds, k)) for k in (
+        "underutilized_percent", "min_coverage_ratio", "window", "stun_limit_seconds", "target_util_percent")}
+    con = con or store.connect()
+    sa = samples.aggregate(store, window.start, window.end, threads=threads)
+    gpus = utilization.gpu_utilization(
+        sa, utilization.UtilThresholds(th["underutilized_percent"], th["min_coverage_ratio"]))
+    gmap = identity.gpu_vm_map(con, gpus.select("gpu", "vm_bios_uuid"))
+    info = gmap.select("gpu", "vcenter_uuid", "vm_moref", "vm_name", "host_name", "cluster_name", "backing",
+                       "vgpu_profile", "host_pci_id").unique(subset=["gpu"], keep="first")
+    gpus = gpus.join(info, on="gpu", how="left")
+    heat = utilization.heatmap(sa, gpus)
+    table = profiles.load()
+    pg, ten, caps = estate.build(con, gpus, gmap, table)
+    the_plan = consolidation.plan(pg, ten, caps, table, target_util_percent=th["target_util_percent"])
+    generated = now or dt.datetime.now(dt.UTC)
+    from accelmon.analytics import findings
+
+    return Analysis(
+        run_id=f"{generated:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
+        generated_at=generated,
+        window=window,
+        thresholds=th,
+        gpus=gpus,
+        heat=heat,
+        numa=numa.numa_misaligned(con),
+        vmotion=vmotion.vmotion_stun(con, window, th["stun_limit_seconds"]),
+        power=power.power(con, window, gpus),
+        plan=the_plan,
+        changes=findings.changes(con, gpus, generated),
+        stats={"units": sa.units, "rows": sa.rows, "series": sa.series.height, "heat_cell_ms": sa.cell_ms,
+               "overlapped_series": sa.overlapped_series},
+    )

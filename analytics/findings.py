@@ -1,0 +1,107 @@
+"""Analysis results → rows of the ``findings`` table (one batch per run), and what changed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from typing import Any
+
+import polars as pl
+from accelmon.analytics.consolidation import Plan
+from accelmon.analytics.db import frame
+from accelmon.analytics.window import Window
+
+
+def _j(v: Any) -> Any:
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    if isinstance(v, dt.datetime):
+        return v.isoformat()
+    return v
+
+
+def evidence(d: dict[str, Any]) -> str:
+    return json.dumps({k: _j(v) for k, v in d.items()}, sort_keys=True, default=str)
+
+
+def rows(
+    *,
+    run_id: str,
+    generated_at: dt.datetime,
+    window: Window,
+    gpus: pl.DataFrame,
+    numa: pl.DataFrame,
+    vmotion_flagged: pl.DataFrame,
+    plan: Plan,
+    thresholds: dict[str, float],
+) -> list[dict[str, Any]]:
+    base = {"generated_at": generated_at, "run_id": run_id, "window_start": window.start, "window_end": window.end}
+    out: list[dict[str, Any]] = []
+    thr = thresholds["underutilized_percent"]
+    for r in gpus.filter(pl.col("status") != "ok").to_dicts():
+        if r["status"] == "underutilized":
+            reason = (f"mean utilization {r['mean_util_percent']:.1f} % < {thr:g} % over {r['covered_hours']:.1f} h "
+                      f"covered (coverage {100 * r['coverage_ratio']:.0f} %), p95 {r['p95_util_percent'] or 0:.0f} %, "
+                      f"idle {100 * (r['idle_ratio'] or 0):.0f} % of the time")
+            fix = "consolidate onto a shared GPU (see the plan) or release the GPU"
+            value = r["mean_util_percent"]
+        else:
+            reason = (f"coverage {100 * r['coverage_ratio']:.0f} % < {100 * thresholds['min_coverage_ratio']:.0f} % of "
+                      f"the window: not enough samples to judge")
+            fix = "check that the agent/exporter for this GPU is scraped"
+            value = r["coverage_ratio"]
+        out.append({**base, "kind": r["status"], "subject": r["gpu"], "vcenter_uuid": r.get("vcenter_uuid"),
+                    "value": value, "reason": reason, "fix": fix, "evidence_json": evidence(
+                        {k: r.get(k) for k in ("mean_util_percent", "p95_util_percent", "idle_ratio",
+                                               "coverage_ratio", "covered_hours", "gap_hours", "samples", "method",
+                                               "source", "allocated_idle_hours", "idle_energy_joules",
+                                               "vm_name", "host_name")})})
+    for r in numa.to_dicts():
+        out.append({**base, "kind": "numa_misaligned", "subject": r["vm_moref"], "vcenter_uuid": r["vcenter_uuid"],
+                    "value": None, "reason": r["reason"], "fix": r["fix"], "evidence_json": evidence(r)})
+    if vmotion_flagged.height:
+        for r in vmotion_flagged.to_dicts():
+            why = ("switchover time limit exceeded" if r["switchover_failed"] else
+                   f"stun {r['stun_seconds']:.1f} s > {thresholds['stun_limit_seconds']:g} s")
+            out.append({**base, "kind": "vmotion_stun", "subject": r["vm_moref"], "vcenter_uuid": r["vcenter_uuid"],
+                        "value": r["stun_seconds"], "reason": f"{r.get('vm_name') or r['vm_moref']}: {why}",
+                        "fix": "migrate in a maintenance window or use a smaller vGPU profile",
+                        "evidence_json": evidence({k: r.get(k) for k in (
+                            "ended_at", "stun_seconds", "succeeded", "failure_reason", "vgpu_attached",
+                            "vgpu_fb_bytes", "cluster_name")})})
+    for m in plan.moves:
+        out.append({**base, "kind": "consolidation_move", "subject": m.vm.split("/", 1)[-1],
+                    "vcenter_uuid": m.vm.split("/", 1)[0], "value": m.evidence.get("p95_util_percent"),
+                    "reason": f"{m.vm_name}: p95 {m.evidence.get('p95_util_percent') or 0:.0f} % — GPU "
+                              f"{m.from_gpu} can be freed", "fix": m.fix,
+                    "evidence_json": evidence({**m.evidence, "from_gpu": m.from_gpu, "to_gpu": m.to_gpu,
+                                               "to_profile": m.to_profile, "converted": m.converted})})
+    return out
+
+
+def changes(con: Any, gpus: pl.DataFrame, before: dt.datetime) -> dict[str, Any]:
+    """Compare with the newest earlier run in the findings table."""
+    prev = con.execute(
+        """
+        SELECT run_id, max(generated_at) AS last_at FROM findings WHERE generated_at < ?
+        GROUP BY run_id ORDER BY last_at DESC LIMIT 1
+        """,
+        [before],
+    ).fetchall()
+    if not prev:
+        return {"previous_run": None}
+    run_id, at = prev[0]
+    p = frame(con, "SELECT kind, subject FROM findings WHERE run_id = ?", [run_id])
+    was = set(p.filter(pl.col("kind") == "underutilized")["subject"].to_list())
+    now = set(gpus.filter(pl.col("status") == "underutilized")["gpu"].to_list())
+    numa_was = set(p.filter(pl.col("kind") == "numa_misaligned")["subject"].to_list())
+    return {
+        "previous_run": run_id,
+        "previous_generated_at": at.isoformat() if hasattr(at, "isoformat") else str(at),
+        "newly_underutilized": sorted(now - was),
+        "no_longer_underutilized": sorted(was - now),
+        "underutilized_before": len(was),
+        "underutilized_now": len(now),
+        "numa_misaligned_before": len(numa_was),
+    }
