@@ -99,6 +99,7 @@ MIG_HANDLE_OK = frozenset(
     }
 )
 # in MIG mode the parent GPU has no whole-GPU utilization
+_PCIE_FIELDS = frozenset({pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES})
 _NVLINK_THROUGHPUT = frozenset(
     {
         pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
@@ -238,6 +239,8 @@ class SimGpu:
     def field_unsupported(self, fid: int) -> bool:
         if fid in self.unsupported_fields:
             return True
+        if self.mode == "vgpu" and self.spec.vgpu_pcie_fields and fid in _PCIE_FIELDS:
+            return False
         return self.mode == "vgpu" and fid in VGPU_UNSUPPORTED_FIELDS and not self.spec.vgpu_reports_zero
 
     def vgpu_zero(self, name: str) -> bool:
@@ -810,7 +813,8 @@ class SimNVML:
                     return ff[key], 0, "", 0
         if g.field_unsupported(fid):
             return pynvml.NVML_ERROR_NOT_SUPPORTED, 0, "", 0
-        zero = g.mode == "vgpu" and g.spec.vgpu_reports_zero and fid in VGPU_UNSUPPORTED_FIELDS
+        zero = (g.mode == "vgpu" and g.spec.vgpu_reports_zero and fid in VGPU_UNSUPPORTED_FIELDS
+                and not (g.spec.vgpu_pcie_fields and fid in _PCIE_FIELDS))
         ull, ui = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
         ok = pynvml.NVML_SUCCESS
         links = g.nvlinks

@@ -19,6 +19,7 @@ A spec (TOML or JSON) lists GPUs::
     vgpu_profile = "A100-4C"    # mode = "vgpu": the profile the guest sees
     unsupported = ["nvmlDeviceGetSamples", "NVML_FI_DEV_PCIE_COUNT_TX_BYTES"]
     vgpu_reports_zero = false   # vGPU guest: read N/A fields as 0 instead of NOT_SUPPORTED
+    vgpu_pcie_fields = false    # vGPU guest whose PCIe byte-counter fields work
 
 Presets (``--simulate <name>``): see :data:`PRESETS`.
 """
@@ -73,6 +74,7 @@ class GpuSpec:
     vgpu_profile: str | None = None
     unsupported: list[str] = field(default_factory=list)
     vgpu_reports_zero: bool = False
+    vgpu_pcie_fields: bool = False  # vGPU guest whose PCIe byte-counter fields work
     seed: int = 0
 
     @property
@@ -121,7 +123,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 _GPU_KEYS = {
     "model", "mode", "count", "trace", "nvlink", "mig", "numa_node", "vgpu_profile", "unsupported",
-    "vgpu_reports_zero", "seed",
+    "vgpu_reports_zero", "vgpu_pcie_fields", "seed",
 }
 _TOP_KEYS = {
     "gpu", "speed", "driver_version", "nvml_version", "cuda_driver_version", "ring_size", "sample_period_s", "seed",
@@ -195,6 +197,7 @@ def parse_spec(raw: dict[str, Any], source: str = "<spec>", base_dir: Path | Non
                     vgpu_profile=profile,
                     unsupported=list(unsupported),
                     vgpu_reports_zero=bool(g.get("vgpu_reports_zero", False)),
+                    vgpu_pcie_fields=bool(g.get("vgpu_pcie_fields", False)),
                     seed=int(g["seed"]) + n if "seed" in g else seed * 1000 + len(gpus),
                 )
             )

@@ -26,7 +26,8 @@ log = logging.getLogger("accelmon.agent")
 
 SUBS = ("utilization", "memory", "pcie", "nvlink", "power", "energy", "processes")
 VIRT_MODES = {0: "none", 1: "passthrough", 2: "vgpu", 3: "host_vgpu", 4: "host_vsga"}
-VGPU_ABSENT = ("pcie", "nvlink", "power", "energy")  # a vGPU guest reads these as N/A or 0
+VGPU_ABSENT = ("nvlink", "power", "energy")  # a vGPU guest reads these as N/A or 0: never exported
+WHOLE_GPU = ("pcie", "nvlink", "power", "energy")  # not per MIG instance
 NO_PERMISSION_RETRY_S = 300.0
 MAX_PROCESSES = 32
 _VALUE_ATTR = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
@@ -240,13 +241,14 @@ class GpuPoller:
         self._tag = f"GPU {identity.index} ({identity.uuid})"
         if not per_process:
             self._set_unsupported("processes", "per-process metrics are off (agent.per_process)", quiet=True)
-        if identity.virtualization_mode == "vgpu":
+        self.vgpu_guest = identity.virtualization_mode == "vgpu"
+        if self.vgpu_guest:
             for s in VGPU_ABSENT:
                 self._set_unsupported(s, "not available inside a vGPU guest", quiet=True)
-            log.info("%s: vGPU guest: power, energy, PCIe and NVLink are not readable in a guest; not exported",
-                     self._tag)
+            log.info("%s: vGPU guest: power, energy and NVLink are not readable in a guest, not exported; "
+                     "PCIe byte counters only if they read non-zero", self._tag)
         if identity.gi_id is not None:
-            for s in VGPU_ABSENT:
+            for s in WHOLE_GPU:
                 self._set_unsupported(s, "whole-GPU quantity (see the parent GPU)", quiet=True)
 
     # ------------------------------------------------------------------ helpers
@@ -447,8 +449,9 @@ class GpuPoller:
                 (rc_tx, tx), (rc_rx, rx) = _field(res[0]), _field(res[1])
                 rcs = {rc_tx, rc_rx}
                 if rcs == {0}:
-                    out["pcie_tx_bytes"] = tx
-                    out["pcie_rx_bytes"] = rx
+                    if not (self.vgpu_guest and tx == 0 and rx == 0):  # a guest may read N/A as 0
+                        out["pcie_tx_bytes"] = tx
+                        out["pcie_rx_bytes"] = rx
                     self._note("pcie", "ok", "", now)
                 elif rcs & nvmlerr.UNSUPPORTED:
                     self.pcie_mode = "throughput"
@@ -483,7 +486,10 @@ class GpuPoller:
                     nvl.update(got)
                     self._note("nvlink", "ok", "", now)
         if self.pcie_mode == "throughput":
-            self._run("pcie", now, self._pcie_throughput, out)
+            if self.vgpu_guest:  # the throughput call reads N/A or 0 in a guest: nothing to estimate from
+                self._note("pcie", "unsupported", "PCIe counters not readable in this vGPU guest", now)
+            else:
+                self._run("pcie", now, self._pcie_throughput, out)
 
     def _pcie_throughput(self, now: float) -> dict[str, float]:
         nv, c = self.nv, self.carry

@@ -111,12 +111,22 @@ def test_vgpu_guest_exports_no_power_energy_pcie_nvlink(clock) -> None:
                      "accelmon_gpu_nvlink_tx_bytes_total"):
             assert not series(text, name), (zero, name)
         assert sim.calls["nvmlDeviceGetPowerUsage"] == 0 and sim.calls["nvmlDeviceGetTotalEnergyConsumption"] == 0
+        assert sim.calls["nvmlDeviceGetPcieThroughput"] == 0
         assert "0" in by_gpu(text, "accelmon_gpu_busy_seconds_total")  # what a guest can read is there
         assert "0" in by_gpu(text, "accelmon_gpu_fb_used_bytes")
         info = dict(next(iter(series(text, "accelmon_gpu_info"))))
         assert (info["virtualization_mode"], info["vgpu_profile"]) == ("vgpu", "A100-4C")
         sup = {dict(k)["collector"]: v for k, v in series(text, "accelmon_agent_collector_supported").items()}
         assert sup["power"] == 0.0 and sup["utilization"] == 1.0
+
+
+def test_vgpu_guest_pcie_counters_when_the_fields_work(clock) -> None:
+    sim = sim_of({"gpu": [{"mode": "vgpu", "vgpu_pcie_fields": True, "trace": "constant:50"}]}, clock)
+    agent = agent_of(sim, clock)
+    run_polls(agent, clock, 3, 1.0)
+    text = metrics_text(agent)
+    assert by_gpu(text, "accelmon_gpu_pcie_rx_bytes_total")["0"] == int(sim.gpus[0].pcie_rx)
+    assert not by_gpu(text, "accelmon_gpu_power_watts")
 
 
 def test_unsupported_fields_are_dropped_once_never_zero(clock, caplog) -> None:
