@@ -9,6 +9,9 @@
 7. prints where to look, and runs until Ctrl-C/SIGTERM or ``--duration`` seconds; then stops
    every process it started, by pid.
 
+``ACCELMON_DEMO_BIND=0.0.0.0`` makes the daemon's /metrics listen on all interfaces (the
+container image uses it so the compose Prometheus can scrape it); the default is loopback.
+
 Everything lives under the data dir: the store, ``report/``, and ``demo/`` (config, agent
 specs, logs, ``demo.json`` with the URLs). A data dir the demo did not create is refused.
 """
@@ -233,9 +236,10 @@ def _run(data_dir: Path, work: Path, duration: float | None, vms: int, ui: Displ
         by_spec = _start_agents(plans, work, stack)
     agent_urls = [by_spec[p.spec_path.name] for p in plans if p.spec_path is not None]
 
-    daemon_port = pick_port(DAEMON_PORT)
+    bind = os.environ.get("ACCELMON_DEMO_BIND", "127.0.0.1")
+    daemon_port = pick_port(DAEMON_PORT, bind)
     cfg_path = work / "accelmon.toml"
-    cfg_path.write_text(daemon_config(sim, agent_urls, password_file, f"127.0.0.1:{daemon_port}"))
+    cfg_path.write_text(daemon_config(sim, agent_urls, password_file, f"{bind}:{daemon_port}"))
     cfg = load(cfg_path)
     cli = ["-m", "accelmon.cli", "--config", str(cfg_path), "--data-dir", str(data_dir)]
     live_start = time.time()
