@@ -261,6 +261,7 @@ class Model:
     gpu_vms: set[str] = field(default_factory=set)
     vm_count: int = 0  # VMs seen in the last full pass (GPU or not)
     profile_fb_gib: dict[str, int] = field(default_factory=dict)  # from ConfigTarget.vgpuProfileInfo
+    dirty: bool = True  # changed since the rows were last built
 
     def keep(self, typ: str, moref: str, marker: bool) -> bool:
         if typ != "VirtualMachine":
@@ -271,6 +272,8 @@ class Model:
         """Apply updates; returns VMs that just gained a GPU through a *modify* (need a full read)."""
         need_full: list[str] = []
         for u in updates:
+            if u.type != "VirtualMachine" or u.moref in self.gpu_vms or u.changes:
+                self.dirty = True
             if u.kind == "leave":
                 self.objs.pop(u.moref, None)
                 self.gpu_vms.discard(u.moref)
@@ -453,6 +456,7 @@ class Model:
                         "host_numa_node": node_of.get(pci) if pci else None,
                         "device_numa_node": d["numa_node"],
                         "migrate_supported": d["migrate"],
+                        "vgpu_migrate_data_bytes": d["migrate_mb"] << 20 if d["migrate_mb"] else None,
                     }
                 )
         return {
@@ -697,6 +701,9 @@ class Inventory:
     # -------------------------------------------------------------- snapshots
     def snapshot_if_changed(self, now: dt.datetime, url: str, name: str | None) -> dict[str, list[dict[str, Any]]]:
         """All inventory rows when something differs from the last written snapshot, else {}."""
+        if not self.model.dirty and self._last_rows is not None:
+            return {}
+        self.model.dirty = False
         rows = self.model.rows(self.vcenter_uuid or "", now)
         about = self.about
         rows["inv_vcenter"] = [
@@ -718,6 +725,7 @@ class Inventory:
     def forget_snapshot(self) -> None:
         """Make the next snapshot be written (e.g. the last write failed)."""
         self._last_rows = None
+        self.model.dirty = True
 
 
 __all__ = ["GIB", "Inventory", "Model", "norm_pci"]

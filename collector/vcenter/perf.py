@@ -19,6 +19,7 @@ import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape
@@ -130,8 +131,51 @@ def _parse_ts(s: str) -> float:
     return t.timestamp()
 
 
+_RV_RE = re.compile(rb"<returnval\b[^>]*>(.*?)</returnval>", re.S)
+_ENT_RE = re.compile(rb'<entity type="(\w+)">([^<]+)</entity>')
+_SI_RE = re.compile(rb"<sampleInfo><timestamp>([^<]+)</timestamp><interval>(-?\d+)</interval></sampleInfo>")
+_VAL_RE = re.compile(
+    rb"<value\b[^>]*><id><counterId>(\d+)</counterId><instance>([^<]*)</instance></id>((?:<value>-?\d+</value>)*)</value>"
+)
+_NUM_RE = re.compile(rb"<value>(-?\d+)</value>")
+
+
 def parse_query_perf(xml: bytes, counters: dict[str, int]) -> list[PowerSample]:
-    """PerfEntityMetric / PerfEntityMetricCSV answers → samples (``-1`` = no value)."""
+    """PerfEntityMetric answers → samples (``-1`` = no value).
+
+    The common shape is read with byte patterns (a thousand entities per answer); anything
+    else (CSV format, other element order) goes through ElementTree."""
+    if b"sampleInfoCSV" in xml or b"<returnval" not in xml:
+        return _parse_query_perf_et(xml, counters)
+    by_id = {v: k for k, v in counters.items()}
+    out: list[PowerSample] = []
+    for rv in _RV_RE.finditer(xml):
+        body = rv.group(1)
+        ent = _ENT_RE.search(body)
+        if ent is None:
+            return _parse_query_perf_et(xml, counters)
+        kind, moref = ent.group(1).decode(), ent.group(2).decode()
+        infos = _SI_RE.findall(body)
+        series: dict[str, list[int]] = {}
+        for cid, inst, vals in _VAL_RE.findall(body):
+            name = by_id.get(int(cid))
+            if name is not None and not inst.strip():
+                series[name] = [int(x) for x in _NUM_RE.findall(vals)]
+        if body.count(b"<counterId>") != len(_VAL_RE.findall(body)):
+            return _parse_query_perf_et(xml, counters)
+        pw, en = series.get(POWER, []), series.get(ENERGY, [])
+        for i, (ts, iv) in enumerate(infos):
+            p = pw[i] if i < len(pw) and pw[i] >= 0 else None
+            e = en[i] if i < len(en) and en[i] >= 0 else None
+            if p is None and e is None:
+                continue
+            out.append(PowerSample(moref, kind, _parse_ts(ts.decode()), int(iv),
+                                   float(p) if p is not None else None, float(e) if e is not None else None))
+    return out
+
+
+def _parse_query_perf_et(xml: bytes, counters: dict[str, int]) -> list[PowerSample]:
+    """PerfEntityMetric / PerfEntityMetricCSV answers → samples, the general way."""
     by_id = {v: k for k, v in counters.items()}
     root = ET.fromstring(xml)
     out: list[PowerSample] = []
@@ -204,17 +248,22 @@ def query_power(
         )
     res.queried = len(specs)
     head = f'<QueryPerf xmlns="urn:vim25"><_this type="PerformanceManager">{escape(pm._moId)}</_this>'
-    for i in range(0, len(specs), batch):
-        body = (head + "".join(specs[i : i + batch]) + "</QueryPerf>").encode()
-        xml = session.call(lambda body=body: session.invoke_raw(pm, "QueryStats", body=body))
-        res.calls += 1
-        for s in parse_query_perf(xml, counters):
-            c = cursors.get(s.moref)
-            if c is not None and s.ts <= c:
-                continue  # already stored (the start time is inclusive on some servers)
-            if c is None and s.ts <= now - FIRST_POLL_BACKFILL - REALTIME_INTERVAL:
-                continue
-            res.samples.append(s)
+    bodies = [(head + "".join(specs[i : i + batch]) + "</QueryPerf>").encode() for i in range(0, len(specs), batch)]
+
+    def one(body: bytes) -> list[PowerSample]:
+        return parse_query_perf(session.call(lambda: session.invoke_raw(pm, "QueryStats", body=body)), counters)
+
+    # two requests in flight: the server works on one batch while the other is parsed
+    with ThreadPoolExecutor(min(2, len(bodies)), thread_name_prefix="vcenter-perf") as ex:
+        answers = list(ex.map(one, bodies))
+    res.calls += len(bodies)
+    for s in (x for a in answers for x in a):
+        c = cursors.get(s.moref)
+        if c is not None and s.ts <= c:
+            continue  # already stored (the start time is inclusive on some servers)
+        if c is None and s.ts <= now - FIRST_POLL_BACKFILL - REALTIME_INTERVAL:
+            continue
+        res.samples.append(s)
     res.samples.sort(key=lambda s: (s.moref, s.ts))
     # dedupe (a server may repeat a sample at a batch border)
     uniq: list[PowerSample] = []

@@ -135,9 +135,12 @@ def test_vsphere8_fields(tmp_path: Any) -> None:
             src.collect_inventory(store)
         finally:
             src.close()
-        rows = _rows(store, "SELECT vm_moref, device_key, device_numa_node, migrate_supported FROM inv_vm_gpu")
+        rows = _rows(store, "SELECT vm_moref, device_key, device_numa_node, migrate_supported, backing, "
+                            "vgpu_fb_bytes, vgpu_migrate_data_bytes FROM inv_vm_gpu")
         want = {(v["moref"], g["device_key"]) for v in sim.manifest["vms"] for g in v["gpus"]}
         assert {(r["vm_moref"], r["device_key"]) for r in rows} == want
         assert all(r["device_numa_node"] is not None for r in rows)
+        vg = [r for r in rows if r["backing"] == "vgpu"]
+        assert vg and all(r["vgpu_migrate_data_bytes"] > r["vgpu_fb_bytes"] for r in vg)
         (vc,) = _rows(store, "SELECT api_version FROM inv_vcenter")
         assert vc["api_version"].startswith("8.")
