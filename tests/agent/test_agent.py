@@ -132,8 +132,12 @@ def test_vgpu_guest_pcie_counters_when_the_fields_work(clock) -> None:
 def test_unsupported_fields_are_dropped_once_never_zero(clock, caplog) -> None:
     caplog.set_level(logging.INFO, "accelmon.agent")
     sim = sim_of({"gpu": [{"model": "L4", "unsupported": ["nvmlDeviceGetPowerUsage"]}, {"model": "A100"}]}, clock)
+    # an older driver without the energy call: FUNCTION_NOT_FOUND is cached the same way
+    sim.inject("nvmlDeviceGetTotalEnergyConsumption", pynvml.NVML_ERROR_FUNCTION_NOT_FOUND, index=1)
     agent = agent_of(sim, clock)
     run_polls(agent, clock, 5, 1.0)
+    assert sim.calls_by_gpu[("nvmlDeviceGetTotalEnergyConsumption", 1)] == 1
+    assert set(by_gpu(metrics_text(agent), "accelmon_gpu_energy_joules_total")) == {"0"}
     text = metrics_text(agent)
     assert set(by_gpu(text, "accelmon_gpu_power_watts")) == {"1"}  # GPU 0 absent, not 0
     assert sim.calls_by_gpu[("nvmlDeviceGetPowerUsage", 0)] == 1
@@ -220,14 +224,15 @@ def test_backoff_grows_while_a_gpu_stays_lost(clock) -> None:
     assert gaps == sorted(gaps) and gaps[-1] >= 8  # 1, 2, 4, 8, 16 … s
 
 
-def test_driver_reload_resets_energy_counted_and_counters_continue(clock) -> None:
+@pytest.mark.parametrize("code", [pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH, pynvml.NVML_ERROR_DRIVER_NOT_LOADED])
+def test_driver_reload_resets_energy_counted_and_counters_continue(clock, code) -> None:
     sim = sim_of({"gpu": [{"trace": "constant:70"}, {"trace": "constant:0"}]}, clock)
     agent = agent_of(sim, clock)
     run_polls(agent, clock, 5, 1.0)
     text = metrics_text(agent)
     e_before = by_gpu(text, "accelmon_gpu_energy_joules_total")["0"]
     busy_before = by_gpu(text, "accelmon_gpu_busy_seconds_total")["0"]
-    sim.driver_unload()  # LIB_RM_VERSION_MISMATCH from every call
+    sim.driver_unload(code)  # every call fails with it
     run_polls(agent, clock, 2, 1.0)
     assert by_gpu(metrics_text(agent), "accelmon_gpu_up") == {"0": 0.0, "1": 0.0}
     clock.advance(10)
