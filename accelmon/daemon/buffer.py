@@ -77,7 +77,11 @@ class WriteBuffer:
         return self._rows
 
     def append(self, name: str, rows: Any) -> int:
-        data = to_arrow(table(name), rows)  # validate now: a bad row fails the poll, not the flush
+        t = table(name)
+        # a source's to_arrow output is already the contract; anything else is validated now,
+        # so a bad row fails the poll, not the flush
+        ready = isinstance(rows, pa.Table) and rows.schema.equals(t.schema)
+        data = rows if ready else to_arrow(t, rows)
         n = data.num_rows
         if n == 0:
             return 0

@@ -9,7 +9,7 @@ cluster are never labels of sample series - they live in ``accelmon_vm_placement
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client.core import (
@@ -23,10 +23,11 @@ from prometheus_client.registry import Collector
 from accelmon import __version__
 from accelmon.collector.discovery import GpuJoin, VmRecord
 from accelmon.daemon.state import DaemonState, Snapshot
+from accelmon.exporter.family import FastFamily, label_string
 
-GPU_LABELS = ["gpu_uuid", "vm_name", "vm_uuid", "vcenter"]
-VM_LABELS = ["vcenter", "vm_uuid", "vm_name"]
-SRC_LABELS = ["source", "target"]
+GPU_LABELS = ("gpu_uuid", "vm_name", "vm_uuid", "vcenter")
+VM_LABELS = ("vcenter", "vm_uuid", "vm_name")
+SRC_LABELS = ("source", "target")
 
 
 def _gpu_label_values(uuid: str, j: GpuJoin | None) -> tuple[str, str, str, str]:
@@ -42,6 +43,19 @@ def _vm_label_values(vm: VmRecord) -> tuple[str, str, str]:
 
 def _num(v: Any) -> bool:
     return v is not None
+
+
+def C(name: str, doc: str, labels: Sequence[str] | None = None, value: float | None = None) -> Any:  # noqa: N802
+    """A counter family: labelled ones are FastFamily, a single value is prometheus_client's."""
+    if value is not None:
+        return CounterMetricFamily(name, doc, value=value)
+    return FastFamily(name, doc, "counter", labels or [])
+
+
+def G(name: str, doc: str, labels: Sequence[str] | None = None, value: float | None = None) -> Any:  # noqa: N802
+    if value is not None:
+        return GaugeMetricFamily(name, doc, value=value)
+    return FastFamily(name, doc, "gauge", labels or [])
 
 
 def _reason_code(f: dict[str, Any]) -> str:
@@ -66,7 +80,6 @@ class GpuCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self._snap()
-        C, G = CounterMetricFamily, GaugeMetricFamily
         fam = {
             "busy": C("accelmon_gpu_busy_seconds", "Time the driver saw the GPU busy (>0 % utilization).",
                       labels=GPU_LABELS),
@@ -101,37 +114,30 @@ class GpuCollector(Collector):
         for a in s.agents.values():
             for g in a.gpus:
                 models[g["gpu_uuid"]] = g.get("model_name") or ""
-        labels_of: dict[str, tuple[str, ...]] = {}
+        labels_of: dict[str, tuple[tuple[str, ...], str]] = {}
+        per_gpu = (
+            ("busy", "busy_ms_total", 0.001), ("idle", "idle_ms_total", 0.001), ("util", "util_percent", 0.01),
+            ("mutil", "mem_util_percent", 0.01), ("fbu", "fb_used_bytes", 1), ("fbt", "fb_total_bytes", 1),
+            ("tx", "pcie_tx_bytes_total", 1), ("rx", "pcie_rx_bytes_total", 1),
+            ("pw", "power_milliwatts", 0.001), ("en", "energy_millijoules_total", 0.001),
+        )
+        adds = [(fam[k].add, col, scale) for k, col, scale in per_gpu]
+        add_ts, add_under = fam["ts"].add, fam["under"].add
         for uuid in sorted(s.gpus):
             r = s.gpus[uuid]
             j = s.joins.get(uuid)
             lv = _gpu_label_values(uuid, j)
-            labels_of[uuid] = lv
-            if _num(r.get("busy_ms_total")):
-                fam["busy"].add_metric(lv, r["busy_ms_total"] / 1000.0)
-            if _num(r.get("idle_ms_total")):
-                fam["idle"].add_metric(lv, r["idle_ms_total"] / 1000.0)
-            if _num(r.get("util_percent")):
-                fam["util"].add_metric(lv, r["util_percent"] / 100.0)
-            if _num(r.get("mem_util_percent")):
-                fam["mutil"].add_metric(lv, r["mem_util_percent"] / 100.0)
-            if _num(r.get("fb_used_bytes")):
-                fam["fbu"].add_metric(lv, r["fb_used_bytes"])
-            if _num(r.get("fb_total_bytes")):
-                fam["fbt"].add_metric(lv, r["fb_total_bytes"])
-            if _num(r.get("pcie_tx_bytes_total")):
-                fam["tx"].add_metric(lv, r["pcie_tx_bytes_total"])
-            if _num(r.get("pcie_rx_bytes_total")):
-                fam["rx"].add_metric(lv, r["pcie_rx_bytes_total"])
-            if _num(r.get("power_milliwatts")):
-                fam["pw"].add_metric(lv, r["power_milliwatts"] / 1000.0)
-            if _num(r.get("energy_millijoules_total")):
-                fam["en"].add_metric(lv, r["energy_millijoules_total"] / 1000.0)
-            fam["ts"].add_metric(lv, r["ts"])
-            fam["under"].add_metric(lv, 1.0 if uuid in under else 0.0)
+            lstr = label_string(GPU_LABELS, lv)
+            labels_of[uuid] = (lv, lstr)
+            for add, col, scale in adds:
+                v = r.get(col)
+                if v is not None:
+                    add(lv, v * scale if scale != 1 else v, lstr)
+            add_ts(lv, r["ts"], lstr)
+            add_under(lv, 1.0 if uuid in under else 0.0, lstr)
             dev = j.device if j else None
             vm = j.vm if j else None
-            info.add_metric(
+            info.add(
                 (uuid, lv[2], r.get("source") or "", models.get(uuid, ""),
                  (dev or {}).get("backing") or "", (dev or {}).get("vgpu_profile") or "",
                  (j.agent_url if j else None) or ""),
@@ -139,19 +145,21 @@ class GpuCollector(Collector):
             )
             if vm is not None and dev is not None:
                 numa = dev.get("host_numa_node")
-                place.add_metric(
+                place.add(
                     (uuid, vm.vm_instance_uuid, vm.host_name, vm.cluster_name, dev.get("host_pci_id") or "",
                      "" if numa is None else str(numa)),
                     1.0,
                 )
         for (uuid, link), (tx, rx) in sorted(s.nvlink.items()):
-            lv = labels_of.get(uuid)
-            if lv is None:
+            got = labels_of.get(uuid)
+            if got is None:
                 continue
+            lv = (*got[0], str(link))
+            lstr = got[1][:-1] + f',link="{link}"}}'
             if tx is not None:
-                nvtx.add_metric([*lv, str(link)], tx)
+                nvtx.add(lv, tx, lstr)
             if rx is not None:
-                nvrx.add_metric([*lv, str(link)], rx)
+                nvrx.add(lv, rx, lstr)
         yield from fam.values()
         yield from (info, place, nvtx, nvrx)
 
@@ -162,7 +170,6 @@ class VmCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self._snap()
-        C, G = CounterMetricFamily, GaugeMetricFamily
         place = G("accelmon_vm_placement_info",
                   "Current host and cluster of a GPU VM (an info metric: vMotion changes this, not the VM's series).",
                   labels=[*VM_LABELS, "host", "cluster"])
@@ -199,24 +206,25 @@ class VmCollector(Collector):
         for key in sorted(s.vms):
             vm = s.vms[key]
             lv = _vm_label_values(vm)
-            place.add_metric([*lv, vm.host_name, vm.cluster_name], 1.0)
-            devs.add_metric(lv, float(len(vm.devices)))
+            ls = label_string(VM_LABELS, lv)
+            place.add([*lv, vm.host_name, vm.cluster_name], 1.0)
+            devs.add(lv, float(len(vm.devices)), ls)
             reason = misaligned.get(key)
             if reason is None:
                 reason = misaligned.get(("", vm.vm_moref))
-            numa.add_metric([*lv, reason or ""], 1.0 if reason else 0.0)
+            numa.add([*lv, reason or ""], 1.0 if reason else 0.0)
             p = s.vm_power.get(key)
             if p is not None:
                 if p.power_watts is not None:
-                    pw.add_metric(lv, p.power_watts)
-                en.add_metric(lv, p.energy_joules_total)
+                    pw.add(lv, p.power_watts, ls)
+                en.add(lv, p.energy_joules_total, ls)
             m = s.migrations.get(key)
             if m is not None:
-                mig.add_metric(lv, m.succeeded_total)
-                migf.add_metric(lv, m.failed_total)
-                stun.add_metric(lv, m.stun_seconds_total)
+                mig.add(lv, m.succeeded_total, ls)
+                migf.add(lv, m.failed_total, ls)
+                stun.add(lv, m.stun_seconds_total, ls)
                 if m.last_stun_seconds is not None:
-                    last.add_metric(lv, m.last_stun_seconds)
+                    last.add(lv, m.last_stun_seconds, ls)
         for (vc, cluster), h in sorted(s.stun_hist.items()):
             buckets = [(_le(b), float(c)) for b, c in zip(h.buckets, h.counts, strict=True)]
             buckets.append(("+Inf", float(h.n)))
@@ -225,11 +233,11 @@ class VmCollector(Collector):
             hname = (s.hosts.get((vc, host)) or {}).get("host_name") or host
             lv2 = [s.vcenter_names.get(vc, vc), hname]
             if p.power_watts is not None:
-                hpw.add_metric(lv2, p.power_watts)
-            hen.add_metric(lv2, p.energy_joules_total)
+                hpw.add(lv2, p.power_watts)
+            hen.add(lv2, p.energy_joules_total)
         for url in sorted(s.agents):
             a = s.agents[url]
-            joined.add_metric([url, a.hostname or "", a.vm_bios_uuid], 1.0 if s.agent_joined.get(url) else 0.0)
+            joined.add([url, a.hostname or "", a.vm_bios_uuid], 1.0 if s.agent_joined.get(url) else 0.0)
         yield from (place, devs, pw, en, mig, migf, stun, last, numa, hist, hpw, hen, joined)
 
 
@@ -244,7 +252,6 @@ class SelfCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self._snap()
-        C, G = CounterMetricFamily, GaugeMetricFamily
         ok = G("accelmon_source_success", "1 when the source's latest poll succeeded.", labels=SRC_LABELS)
         dur = G("accelmon_source_duration_seconds", "Duration of the source's latest poll.", labels=SRC_LABELS)
         err = C("accelmon_source_errors", "Failed polls of the source.", labels=SRC_LABELS)
@@ -256,30 +263,31 @@ class SelfCollector(Collector):
                  labels=SRC_LABELS)
         for h in sorted(s.sources, key=lambda h: (h.kind, h.target)):
             lv = (h.kind, h.target)
+            ls = label_string(SRC_LABELS, lv)
             if h.success is not None:
-                ok.add_metric(lv, 1.0 if h.success else 0.0)
-                dur.add_metric(lv, h.last_duration_s)
-            err.add_metric(lv, h.errors_total)
-            oerr.add_metric(lv, h.object_errors_total)
-            polls.add_metric(lv, h.polls_total)
+                ok.add(lv, 1.0 if h.success else 0.0, ls)
+                dur.add(lv, h.last_duration_s, ls)
+            err.add(lv, h.errors_total, ls)
+            oerr.add(lv, h.object_errors_total, ls)
+            polls.add(lv, h.polls_total, ls)
             if h.last_success_ts:
-                last.add_metric(lv, h.last_success_ts)
+                last.add(lv, h.last_success_ts, ls)
         written = C("accelmon_source_samples_written",
                     "Rows the sources produced, per source kind and table (buffered; see accelmon_store_rows_written).",
                     labels=["source", "table"])
         for (kind, t), n in sorted(s.samples_written.items()):
-            written.add_metric((kind, t), n)
+            written.add((kind, t), n)
         yield from (ok, dur, err, oerr, polls, last, written)
 
         st = s.store
         w = C("accelmon_store_rows_written", "Rows durably written to the store (acknowledged), per table.",
               labels=["table"])
         for t, n in sorted(st.rows_written_total.items()):
-            w.add_metric([t], n)
+            w.add([t], n)
         werr = C("accelmon_store_write_errors", "Failed store writes, by reason (disk_full, read_only, permission, io).",
                  labels=["reason"])
         for reason in sorted({"disk_full", "read_only", "permission", "io", *st.write_errors_total}):
-            werr.add_metric([reason], st.write_errors_total.get(reason, 0))
+            werr.add([reason], st.write_errors_total.get(reason, 0))
         yield w
         yield werr
         yield G("accelmon_store_writable", "0 while writes to the data dir fail (disk full, read-only).",
@@ -299,13 +307,13 @@ class SelfCollector(Collector):
         jlast = G("accelmon_job_last_success_timestamp_seconds", "When the job last succeeded.", labels=["job"])
         for j in sorted(s.jobs, key=lambda j: j.name):
             if j.success is not None:
-                jok.add_metric([j.name], 1.0 if j.success else 0.0)
-                jdur.add_metric([j.name], j.last_duration_s)
-            jerr.add_metric([j.name], j.errors_total)
+                jok.add([j.name], 1.0 if j.success else 0.0)
+                jdur.add([j.name], j.last_duration_s)
+            jerr.add([j.name], j.errors_total)
             if j.last_success_ts:
-                jlast.add_metric([j.name], j.last_success_ts)
+                jlast.add([j.name], j.last_success_ts)
         yield from (jok, jdur, jerr, jlast)
         b = G("accelmon_build_info", "accelmon version.", labels=["version"])
-        b.add_metric([__version__], 1.0)
+        b.add([__version__], 1.0)
         yield b
         yield G("accelmon_daemon_start_time_seconds", "When the daemon started.", value=self.started)
