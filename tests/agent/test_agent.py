@@ -11,7 +11,8 @@ import pynvml
 import pytest
 
 from accelmon.sim.traces import BurstyInference
-from tests.agent.conftest import T0, agent_of, by_gpu, metrics_text, run_polls, series, sim_of
+
+from .conftest import T0, agent_of, by_gpu, metrics_text, run_polls, series, sim_of
 
 P = 1 / 6
 

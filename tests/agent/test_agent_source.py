@@ -12,7 +12,8 @@ from accelmon.collector.base import Source
 
 from accelmon.sim.clock import ManualClock
 from accelmon.store.writer import Store
-from tests.agent.conftest import VM_UUID, agent_of, by_gpu, metrics_text, run_polls, sim_of
+
+from .conftest import VM_UUID, agent_of, by_gpu, metrics_text, run_polls, sim_of
 
 
 @pytest.fixture

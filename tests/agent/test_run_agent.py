@@ -17,7 +17,8 @@ from accelmon.collector.agent.main import run_agent
 
 from accelmon.config import load, parse
 from accelmon.errors import UserError
-from tests.agent.conftest import series
+
+from .conftest import series
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,8 @@ from accelmon.collector.agent.metrics import make_registry, render, render_refer
 from accelmon.collector.agent.server import AgentHTTPServer, TokenSource
 
 from accelmon.errors import UserError
-from tests.agent.conftest import agent_of, metrics_text, run_polls, sim_of
+
+from .conftest import agent_of, metrics_text, run_polls, sim_of
 
 
 @pytest.fixture

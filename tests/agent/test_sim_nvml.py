@@ -13,7 +13,8 @@ import pynvml
 import pytest
 
 from accelmon.sim.nvml import SimNVML, simulated_functions
-from tests.agent.conftest import sim_of
+
+from .conftest import sim_of
 
 
 def test_every_simulated_function_has_pynvml_signature() -> None:
