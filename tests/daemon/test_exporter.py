@@ -231,3 +231,11 @@ def test_http_endpoint_serves_gzip_and_healthz() -> None:
             assert r.read() == b"ok\n"
     finally:
         srv.stop()
+
+
+def test_every_metric_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    text = MetricsApp(_state(), ExporterConfig()).render().decode()
+    names = set(re.findall(r"^# TYPE (accelmon_\S+)", text, re.M))
+    missing = [n for n in sorted(names) if f"`{n}`" not in doc and f"`{n.removesuffix('_info')}" not in doc]
+    assert not missing, missing
