@@ -21,18 +21,23 @@ def run_daemon(cfg: Config, store: Store, *, once: bool = False) -> int:
     flush and return). Returns the process exit code."""
     redact.install(cfg)
     daemon = Daemon(cfg, store)
-    daemon.prepare()
     if once:
+        daemon.prepare()
         return daemon.run_once()
 
     from accelmon.exporter.server import MetricsApp, serve
 
     app = MetricsApp(daemon.state, cfg.exporter)
-    try:
+    try:  # bind first: a taken port fails fast, before any source is set up
         server = serve(app, cfg.exporter.listen)
     except OSError as e:
         raise UserError(f"{cfg.source_file}: exporter.listen: cannot listen on {cfg.exporter.listen}: "
                         f"{e.strerror or e}") from None
+    try:
+        daemon.prepare()
+    except BaseException:
+        server.stop()
+        raise
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

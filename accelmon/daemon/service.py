@@ -237,9 +237,19 @@ class Daemon:
                 log.info("report: not available in this build; no daily report job")
             else:
                 try:
-                    add_report_job(self.scheduler, store, cfg)
+                    job = add_report_job(self.scheduler, store, cfg)
                 except Exception as e:  # noqa: BLE001
                     log.warning("report: could not schedule the daily report: %s", summarize(e))
+                else:
+                    if job is not None:  # same bookkeeping as the other jobs, then fresh findings gauges
+                        fn, args, kwargs = job.func, tuple(job.args), dict(job.kwargs)
+
+                        def report() -> None:
+                            fn(*args, **kwargs)
+                            housekeeping.refresh_findings(store, state)
+
+                        job.modify(func=self._job("report", report), args=(), kwargs={},
+                                   executor="housekeeping")
 
     def _on_event(self, ev: JobExecutionEvent) -> None:
         if ev.code in (EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED):

@@ -59,11 +59,13 @@ def G(name: str, doc: str, labels: Sequence[str] | None = None, value: float | N
 
 
 def _reason_code(f: dict[str, Any]) -> str:
-    """A short, bounded reason label: evidence_json.reason_code when the analytics give one."""
+    """A short, bounded reason label: the analytics' rule code (``evidence_json.rule``, e.g.
+    ``affinity_excludes_gpu_node``; or ``reason_code``), else the first words of the reason."""
     ev = f.get("evidence_json")
     if ev:
         try:
-            code = json.loads(ev).get("reason_code")
+            d = json.loads(ev)
+            code = d.get("rule") or d.get("reason_code")
         except (ValueError, AttributeError):
             code = None
         if code:

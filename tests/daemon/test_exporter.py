@@ -201,7 +201,7 @@ def test_findings_gauges_from_latest_findings(tmp_path: Path) -> None:
     store.append("findings", [
         f("r2", now, "underutilized", "GPU-0", "mean 4 % over 7 days"),
         f("r2", now, "numa_misaligned", "vm-2", "GPU on node 1, vCPUs pinned to node 0",
-          {"reason_code": "cpu_affinity_other_node"}),
+          {"rule": "affinity_excludes_gpu_node"}),
     ])
     st = _state()
     assert refresh_findings(store, st) == 2
@@ -211,7 +211,7 @@ def test_findings_gauges_from_latest_findings(tmp_path: Path) -> None:
     assert u[_canon('accelmon_gpu_underutilized{gpu_uuid="GPU-2",vm_name="gpu-vm-2",vm_uuid="5000-2",vcenter="vc01"}')] == 0
     n = _series(text, "accelmon_vm_numa_misaligned")
     assert n[_canon('accelmon_vm_numa_misaligned{vcenter="vc01",vm_uuid="5000-2",vm_name="gpu-vm-2",'
-             'reason="cpu_affinity_other_node"}')] == 1
+             'reason="affinity_excludes_gpu_node"}')] == 1
     assert n[_canon('accelmon_vm_numa_misaligned{vcenter="vc01",vm_uuid="5000-0",vm_name="gpu-vm-0",reason=""}')] == 0
 
 
