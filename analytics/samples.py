@@ -174,7 +174,7 @@ def _read_unit(u: _Unit, ids: _Ids, start_ms: int, end_ms: int) -> _Arrays | Non
     names = set(pf.schema_arrow.names)
     cols = [c for c in COLUMNS if c in names]
     assert u.row_group is not None
-    tb = pf.read_row_group(u.row_group, columns=cols)
+    tb = pf.read_row_group(u.row_group, columns=cols, use_threads=False)  # we parallelise across units
     t = tb.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_numpy()
     mask = (t >= start_ms) & (t <= end_ms)
     if not mask.any():
@@ -258,6 +258,9 @@ def _intervals(a: _Arrays, same: np.ndarray, start_ms: int, cell_ms: int, ncells
     m = same[1:]
     if not m.any():
         return pl.DataFrame(schema=AGG_SCHEMA), pl.DataFrame(schema=HEAT_SCHEMA)
+    sid = a.sid[1:]
+    if all(ok[c].all() for c in ("busy_ms_total", "idle_ms_total", "energy_millijoules_total", "fb_used_bytes")):
+        return _intervals_counters(a, m, sid, start_ms, cell_ms, ncells)
     dtm = np.diff(a.t).astype(np.float64)
     ctr = m & ok["busy_ms_total"][1:] & ok["busy_ms_total"][:-1] & ok["idle_ms_total"][1:] & ok["idle_ms_total"][:-1]
     held = m & ~ctr & ok["util_percent"][:-1]
@@ -277,7 +280,6 @@ def _intervals(a: _Arrays, same: np.ndarray, start_ms: int, cell_ms: int, ncells
     e_ctr = np.where(eok, _increase(v["energy_millijoules_total"]), 0).astype(np.float64)
     pok = m & ~eok & ok["power_milliwatts"][:-1]
     e_pow = np.where(pok, v["power_milliwatts"][:-1] * cov / 1000.0, 0.0)
-    sid = a.sid[1:]
     frames = []
     # counter intervals: dense bincount over (local series, bin)
     if ctr.any():
@@ -307,6 +309,31 @@ def _intervals(a: _Arrays, same: np.ndarray, start_ms: int, cell_ms: int, ncells
     return agg, heat
 
 
+def _intervals_counters(a: _Arrays, m: np.ndarray, sid: np.ndarray, start_ms: int, cell_ms: int,
+                        ncells: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Fast path of :func:`_intervals` for units where every row has busy/idle/energy counters and
+    framebuffer (the agent's normal case): the same definitions with fewer passes over memory."""
+    v = a.vals
+    dti = np.diff(a.t)
+    db = _increase(v["busy_ms_total"])
+    tot = db + _increase(v["idle_ms_total"])
+    cov = np.minimum(tot, dti).astype(np.float64)
+    cov[~m] = 0.0
+    ui = np.divide(100.0 * db, tot, out=np.zeros(len(tot)), where=tot > 0)
+    b = np.minimum(ui.astype(np.int64), 100) + 1
+    b[db == 0] = 0
+    b[~m] = -2  # not an interval (series boundary): dropped by _sparse
+    busy = cov * ui / 100.0
+    alloc = cov * (v["fb_used_bytes"][:-1] >= ALLOC_FB_BYTES)
+    e_ctr = _increase(v["energy_millijoules_total"]).astype(np.float64)
+    e_pow = np.zeros(len(cov))
+    agg = _sparse(sid, np.zeros(len(sid), np.int64), b, False, dti.astype(np.float64), cov, busy, alloc, e_ctr, e_pow)
+    hm = m & (dti <= cell_ms)
+    cell = np.clip((a.t[1:] - start_ms) // cell_ms, 0, ncells - 1)
+    heat = _sparse_heat(sid, cell, np.where(hm, cov, 0.0), np.where(hm, busy, 0.0), ncells)
+    return agg, heat
+
+
 def _local(sid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct series and each row's index among them (O(n) when sorted, as units are)."""
     if len(sid) == 0:
@@ -325,8 +352,8 @@ def _sparse(sid: np.ndarray, dq: np.ndarray, b: np.ndarray, held: bool, *w: np.n
         dqu, dqi = np.unique(dq, return_inverse=True)
     else:
         dqu, dqi = np.zeros(1, np.int64), np.zeros(len(dq), np.int64)
-    bb = b + 1  # -1 (energy only) → 0
-    nb = NBINS + 1
+    bb = b + 2  # -2 (not an interval: dropped) → 0, -1 (energy only) → 1
+    nb = NBINS + 2
     key = (loc * len(dqu) + dqi) * nb + bb
     size = len(uniq) * len(dqu) * nb
     if size > 4 * len(key) + 1024:  # sparse keys: compress
@@ -338,12 +365,14 @@ def _sparse(sid: np.ndarray, dq: np.ndarray, b: np.ndarray, held: bool, *w: np.n
     sums = [np.bincount(kinv, x, minlength=nbin) for x in w]
     nz = np.flatnonzero(n)
     k = ku[nz] if ku is not None else nz
+    keep = (k % nb) != 0
+    nz, k = nz[keep], k[keep]
     return pl.DataFrame(
         {
             "sid": uniq[k // (len(dqu) * nb)],
             "held": np.full(len(nz), held),
             "dq": dqu[(k // nb) % len(dqu)].astype(np.int32),
-            "bin": ((k % nb) - 1).astype(np.int16),
+            "bin": ((k % nb) - 2).astype(np.int16),
             "n": n[nz].astype(np.int64),
             **{name: s[nz] for name, s in zip(list(AGG_SCHEMA)[5:], sums, strict=True)},
         },

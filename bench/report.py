@@ -17,6 +17,9 @@ Last line: ``report_s=<S> rss_mb=<M> speedup_vs_naive=<X>``.
 from __future__ import annotations
 
 import argparse
+import gc
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -147,16 +150,101 @@ def generate(store: Store, gpus: int, days: int, step_s: float, chunk: int = 250
     return rows
 
 
+REPORT_CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+from accelmon.config import parse
+from accelmon.report.cli import run_report
+from accelmon.store.writer import Store
+st = Store(sys.argv[1])
+cfg = parse({}, "<bench>")
+t = time.perf_counter()
+rc = run_report(st, cfg, since="all", out_dir=Path(sys.argv[2]), progress=False)
+dt_s = time.perf_counter() - t
+print(json.dumps({"rc": rc, "report_s": dt_s, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def naive(store: Store, gpus: list[str], threshold: float = 15.0, min_cov: float = 0.5) -> tuple[float, dict]:
+    """The same underutilization answer with a plain Python loop over rows (counters, resets)."""
+    import duckdb  # noqa: F401  (the rows are read with the store's DuckDB views)
+
+    t = time.perf_counter()
+    con = store.connect()
+    lo, hi = con.execute("SELECT epoch_ms(min(ts)), epoch_ms(max(ts)) FROM gpu_sample").fetchone()
+    window_ms = hi - lo
+    rows = con.execute(
+        "SELECT gpu_uuid, epoch_ms(ts), busy_ms_total, idle_ms_total, util_percent FROM gpu_sample "
+        "WHERE gpu_uuid IN (SELECT unnest(?)) ORDER BY gpu_uuid, ts", [gpus]).fetchall()
+    out: dict[str, dict] = {}
+    prev = None
+    busy = cov = 0.0
+    for g, ts, b, i, _u in rows:
+        if prev is None or prev[0] != g:
+            if prev is not None:
+                out[prev[0]] = {"busy": busy, "cov": cov}
+            busy = cov = 0.0
+        else:
+            db = b - prev[2] if b >= prev[2] else b
+            di = i - prev[3] if i >= prev[3] else i
+            tot = db + di
+            if tot > 0:
+                c = min(tot, ts - prev[1])
+                busy += c * db / tot
+                cov += c
+        prev = (g, ts, b, i)
+    if prev is not None:
+        out[prev[0]] = {"busy": busy, "cov": cov}
+    res = {}
+    for g, v in out.items():
+        mean = 100.0 * v["busy"] / v["cov"] if v["cov"] else None
+        covr = v["cov"] / window_ms
+        res[g] = {"mean": mean, "flag": None if covr < min_cov else (mean is not None and mean < threshold)}
+    return time.perf_counter() - t, res
+
+
 if __name__ == "__main__":
+    import json
+    import subprocess
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpus", type=int, default=1000)
     ap.add_argument("--days", type=int, default=7)
     ap.add_argument("--step", type=float, default=10.0)
-    ap.add_argument("--dir", type=Path, default=None, help="reuse/keep this data dir")
+    ap.add_argument("--dir", type=Path, default=None, help="reuse/keep this data dir (generated when empty)")
     a = ap.parse_args()
     d = a.dir or Path(tempfile.mkdtemp(prefix="accelmon-bench-"))
     st = Store(d)
-    if not st.files("gpu_sample")[1:]:
-        t = time.time()
-        n = generate(st, a.gpus, a.days, a.step)
-        print(f"generated rows={n} in {time.time() - t:.1f}s dir={d}", file=sys.stderr)
+    try:
+        if not [p for p in st.partitions("gpu_sample") if p != "1970-01-01"]:
+            t = time.time()
+            n = generate(st, a.gpus, a.days, a.step)
+            print(f"generated rows={n} in {time.time() - t:.1f}s dir={d} "
+                  f"parquet_mb={st.disk_bytes('gpu_sample') / 2**20:.0f}", file=sys.stderr)
+        gc.collect()
+        # the report in a fresh process: its peak RSS is the report's alone
+        out = Path(tempfile.mkdtemp(prefix="accelmon-bench-out-"))
+        p = subprocess.run([sys.executable, "-c", REPORT_CHILD, str(d), str(out)], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        if p.returncode != 0:
+            print(p.stderr, file=sys.stderr)
+            sys.exit(1)
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        doc = json.loads((out / "findings.json").read_text())
+        got = {g["gpu"]: g for g in doc["gpus"]}
+        ids = sorted(got)
+        subset = ids[:: max(1, len(ids) // max(1, len(ids) // 100))][: max(1, len(ids) // 100)]
+        naive_s, nres = naive(st, subset)
+        for g in subset:  # both methods agree on the subset
+            assert abs((got[g]["mean_util_percent"] or 0) - (nres[g]["mean"] or 0)) < 1e-6, g
+            assert got[g]["underutilized"] == nres[g]["flag"], g
+        naive_all = naive_s * len(ids) / len(subset)
+        print(f"gpus={len(ids)} samples={doc['stats']['rows']} underutilized={doc['summary']['underutilized']} "
+              f"insufficient={doc['summary']['insufficient_data']} naive_subset_gpus={len(subset)} "
+              f"naive_subset_s={naive_s:.2f} naive_extrapolated_s={naive_all:.1f} cpus={os.cpu_count()} "
+              f"load1={os.getloadavg()[0]:.1f}")
+        print(f"report_s={r['report_s']:.2f} rss_mb={r['rss_mb']:.0f} speedup_vs_naive={naive_all / r['report_s']:.1f}")
+        shutil.rmtree(out, ignore_errors=True)
+    finally:
+        if a.dir is None:
+            shutil.rmtree(d, ignore_errors=True)
