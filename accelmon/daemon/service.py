@@ -183,6 +183,7 @@ class Daemon:
                 pass
         r.close()
         self.state.unregister_source(r.job_name, url)
+        self.state.forget_agent(url)
         log.info("agent %s: no longer discovered; stopped polling it", url)
 
     def sync_agents(self) -> tuple[int, int]:
@@ -227,7 +228,11 @@ class Daemon:
         self.scheduler.add_job(self._job("retention", lambda: housekeeping.retention(store, cfg, state)),
                                "interval", seconds=cfg.intervals.retention, id="retention",
                                next_run_time=now + timedelta(seconds=30), misfire_grace_time=None, **hk)
-        self.scheduler.add_job(self._job("findings", lambda: housekeeping.refresh_findings(store, state)),
+        def findings() -> None:
+            state.prune(time.time())
+            housekeeping.refresh_findings(store, state)
+
+        self.scheduler.add_job(self._job("findings", findings),
                                "interval", seconds=60, id="findings", next_run_time=now + timedelta(seconds=1),
                                misfire_grace_time=None, **hk)
         if cfg.report.enabled:

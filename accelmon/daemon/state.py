@@ -330,6 +330,20 @@ class DaemonState:
                     h = self._stun[hk] = Histogram(STUN_BUCKETS)
                 h.observe(float(stun))
 
+    def forget_agent(self, url: str) -> None:
+        """An agent no longer polled (its VM is gone): drop its identity and join."""
+        with self._lock:
+            if self._agents.pop(url, None) is not None:
+                self._join_dirty = True
+
+    def prune(self, now: float, older_than_s: float = 3600.0) -> None:
+        """Forget GPUs and NVLink links not measured for ``older_than_s`` (memory stays bounded)."""
+        with self._lock:
+            for uuid in [u for u, per in self._gpu.items() if all(now - r["ts"] > older_than_s for r in per.values())]:
+                del self._gpu[uuid]
+            for k in [k for k, v in self._nvlink.items() if now - v[0] > older_than_s]:
+                del self._nvlink[k]
+
     def set_findings(self, rows: list[dict[str, Any]]) -> None:
         with self._lock:
             self._findings = rows

@@ -64,3 +64,21 @@ def test_retention_and_compaction_jobs(tmp_path: Path) -> None:
     assert d.state.store.compactions_total == 2
     assert all(len(store.files("gpu_sample", p)) == 1 for p in store.partitions("gpu_sample") if p != "1970-01-01")
     assert store.connect().execute("SELECT count(*) FROM gpu_sample").fetchone()[0] == 6
+
+
+def test_discovery_adds_and_removes_agent_jobs_with_the_inventory(tmp_path: Path) -> None:
+    from .helpers import inventory_tables
+
+    d = _daemon(tmp_path, agents={"discovery": True, "port": 9999, "static": ["http://10.9.9.9:9999/metrics"]})
+    d.state.apply(inventory_tables(3))
+    assert d.sync_agents() == (4, 0)
+    assert sorted(d._agent_runners) == ["http://10.1.0.1:9999/metrics", "http://10.1.0.2:9999/metrics",
+                                        "http://10.1.0.3:9999/metrics", "http://10.9.9.9:9999/metrics"]
+    time.sleep(0.01)
+    d.state.apply(inventory_tables(2))  # vm-2 deleted in vCenter
+    assert d.sync_agents() == (0, 1)
+    assert "http://10.1.0.3:9999/metrics" not in d._agent_runners
+    assert "http://10.9.9.9:9999/metrics" in d._agent_runners  # static targets stay
+    assert d.state.source_health("agent", "http://10.1.0.3:9999/metrics") is None
+    for r in d._agent_runners.values():
+        r.close()
