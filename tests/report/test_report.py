@@ -136,3 +136,20 @@ def test_schedule_adds_a_cron_job_that_writes_a_report(estate: Store, tmp_path: 
     report_job(estate, cfg)  # what the scheduler runs
     (run,) = list((tmp_path / "rep").iterdir())
     assert (run / "report.html").is_file() and (run / "findings.json").is_file()
+
+
+@pytest.mark.parametrize(("field", "names"), [
+    ("0", "sun"), ("7", "sun"), ("1-5", "mon,tue,wed,thu,fri"), ("*/2", "sun,tue,thu,sat"),
+    ("mon-fri", "mon-fri"), ("5,6,0", "fri,sat,sun"), ("*", "sun,mon,tue,wed,thu,fri,sat"),
+])
+def test_cron_day_of_week_translation(field: str, names: str) -> None:
+    from accelmon.report.schedule import cron_dow
+
+    assert cron_dow(field) == names
+
+
+def test_bad_cron_is_a_user_error() -> None:
+    from accelmon.report.schedule import trigger
+
+    with pytest.raises(UserError, match="report.cron"):
+        trigger("61 * * * *")
