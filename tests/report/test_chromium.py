@@ -29,7 +29,7 @@ def browser():
 def test_report_renders_without_console_errors(browser: Chromium, tmp_path: Path) -> None:
     st = Store(tmp_path / "data")
     write_estate(st)
-    run_report(st, parse({}, "<test>"), since="all", out_dir=tmp_path / "r", progress=False)
+    run_report(st, parse({}, "<test>", env={}), since="all", out_dir=tmp_path / "r", progress=False)
     res = browser.load(tmp_path / "r" / "report.html", CHARTS_JS)
     assert res.errors == []
     v = res.value
@@ -40,7 +40,7 @@ def test_report_renders_without_console_errors(browser: Chromium, tmp_path: Path
     assert any("NUMA" in h for h in v["h2"]) and any("Consolidation" in h for h in v["h2"])
     assert res.screenshot and res.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(res.screenshot) > 50_000
     (tmp_path / "report.png").write_bytes(res.screenshot)
-    if os.environ.get("ACCELMON_UPDATE_SCREENSHOT"):  # refresh docs/img/report.png (tracked) on demand
+    if os.environ.get("UPDATE_REPORT_SCREENSHOT"):  # refresh docs/img/report.png (tracked) on demand
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tmp_path / "report.png", SCREENSHOT)
 

@@ -27,7 +27,7 @@ def estate(tmp_path_factory: pytest.TempPathFactory) -> Store:
 
 
 def test_report_writes_files_json_shape_and_findings(estate: Store, tmp_path: Path, capsys) -> None:
-    cfg = parse({}, "<test>")
+    cfg = parse({}, "<test>", env={})
     rc = run_report(estate, cfg, since="all", out_dir=tmp_path / "r", json_out=True, progress=False)
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
@@ -71,7 +71,7 @@ def test_trace_import_flags_exactly_the_gpus_below_15_percent(tmp_path: Path, ca
     traces = [held_trace(f"trace-gpu-{i:02d}", m, seed=10 + i, hours=30) for i, m in enumerate(targets)]
     for tr in traces:
         st.append("gpu_sample", tr.rows(source="import"))
-    assert run_report(st, parse({}, "<test>"), since="all", out_dir=tmp_path / "out", json_out=True,
+    assert run_report(st, parse({}, "<test>", env={}), since="all", out_dir=tmp_path / "out", json_out=True,
                       progress=False) == 0
     doc = json.loads(capsys.readouterr().out)
     got = {g["gpu"]: g for g in doc["gpus"]}
@@ -83,7 +83,7 @@ def test_trace_import_flags_exactly_the_gpus_below_15_percent(tmp_path: Path, ca
 
 
 def test_changes_since_previous_report_and_retention(estate: Store, tmp_path: Path) -> None:
-    cfg = parse({"report": {"out_dir": str(tmp_path / "reports"), "keep": 2}}, "<test>")
+    cfg = parse({"report": {"out_dir": str(tmp_path / "reports"), "keep": 2}}, "<test>", env={})
     base = dt.datetime(2025, 1, 9, 6, 0, tzinfo=dt.UTC)
     docs = [generate(estate, cfg, now=base + dt.timedelta(days=i))[1] for i in range(3)]
     kept = sorted(p.name for p in (tmp_path / "reports").iterdir())
@@ -100,18 +100,18 @@ def test_changes_since_previous_report_and_retention(estate: Store, tmp_path: Pa
 ])
 def test_bad_arguments_are_user_errors(tmp_path: Path, kw: dict, msg: str) -> None:
     with pytest.raises(UserError, match=msg):
-        run_report(Store(tmp_path), parse({}, "<test>"), progress=False, **kw)
+        run_report(Store(tmp_path), parse({}, "<test>", env={}), progress=False, **kw)
 
 
 def test_unwritable_out_dir_is_a_user_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(UserError, match=str(blocker)):
-        run_report(Store(tmp_path / "d"), parse({}, "<test>"), out_dir=blocker / "sub", progress=False)
+        run_report(Store(tmp_path / "d"), parse({}, "<test>", env={}), out_dir=blocker / "sub", progress=False)
 
 
 def test_empty_store_reports_nothing_without_error(tmp_path: Path, capsys) -> None:
-    assert run_report(Store(tmp_path), parse({}, "<test>"), out_dir=tmp_path / "o", progress=False) == 0
+    assert run_report(Store(tmp_path), parse({}, "<test>", env={}), out_dir=tmp_path / "o", progress=False) == 0
     assert "GPUs        0" in capsys.readouterr().out
     doc = json.loads((tmp_path / "o" / "findings.json").read_text())
     assert doc["gpus"] == [] and doc["consolidation"]["moves"] == [] and doc["consolidation"]["reason"]
@@ -120,7 +120,7 @@ def test_empty_store_reports_nothing_without_error(tmp_path: Path, capsys) -> No
 def test_schedule_adds_a_cron_job_that_writes_a_report(estate: Store, tmp_path: Path) -> None:
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    cfg = parse({"report": {"cron": "30 5 * * 1-5", "out_dir": str(tmp_path / "rep")}}, "<test>")
+    cfg = parse({"report": {"cron": "30 5 * * 1-5", "out_dir": str(tmp_path / "rep")}}, "<test>", env={})
     sched = BackgroundScheduler(timezone="UTC")
     job = add_report_job(sched, estate, cfg)
     assert job is not None and job.id == JOB_ID
@@ -132,7 +132,7 @@ def test_schedule_adds_a_cron_job_that_writes_a_report(estate: Store, tmp_path: 
     for _ in range(5):
         nxt.append(job.trigger.get_next_fire_time(None, nxt[-1] + dt.timedelta(minutes=1)))
     assert [t.strftime("%a %H:%M") for t in nxt[1:]] == [f"{d} 05:30" for d in ("Mon", "Tue", "Wed", "Thu", "Fri")]
-    assert add_report_job(sched, estate, parse({"report": {"enabled": False}}, "<test>")) is None
+    assert add_report_job(sched, estate, parse({"report": {"enabled": False}}, "<test>", env={})) is None
     report_job(estate, cfg)  # what the scheduler runs
     (run,) = list((tmp_path / "rep").iterdir())
     assert (run / "report.html").is_file() and (run / "findings.json").is_file()
