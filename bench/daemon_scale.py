@@ -13,7 +13,8 @@
 Cycle 1 is cold (vCenter first inventory, agent identities). Cycle 2, the measured one, is a
 steady-state 10 s cycle: vCenter inventory delta + perf + events and every agent scraped, in
 parallel on the daemon's source pool, then the write buffer flushed. Then ``/metrics`` is
-fetched over HTTP (no gzip) five times.
+fetched five times by curl (another process, as Prometheus is; urllib without curl), without
+gzip (and three times with, for information).
 
 Last line: ``cycle_s=<C> cpu_pct=<P> rss_mb=<M> scrape_ms=<S>``; C is cycle 2's wall time,
 P the daemon process's CPU time during it as a percentage of one core (200 = both cores),
@@ -27,7 +28,9 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -127,6 +130,19 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _scrape(url: str, gzip: bool = False) -> float:
+    """Seconds for one GET of /metrics by curl (another process, as Prometheus is), else urllib."""
+    curl = shutil.which("curl")
+    if curl:
+        out = subprocess.run([curl, "-sf", "-o", "/dev/null", "-w", "%{time_total}", *(["--compressed"] if gzip else []),
+                              url], capture_output=True, text=True, timeout=60, check=True).stdout
+        return float(out)
+    t = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=60) as r:
+        r.read()
+    return time.perf_counter() - t
+
+
 def _cycle(d: Any, runners: list[Any], workers: int) -> tuple[float, float, int]:
     from accelmon.daemon import housekeeping
 
@@ -217,21 +233,19 @@ def main() -> int:
 
         app = MetricsApp(d.state, cfg.exporter)
         srv = serve(app, cfg.exporter.listen)
-        times = []
-        body = b""
-        for _ in range(5):
-            t = time.perf_counter()
-            with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/metrics", timeout=30) as resp:
-                body = resp.read()
-            times.append(time.perf_counter() - t)
+        url = f"http://127.0.0.1:{srv.port}/metrics"
+        times = [_scrape(url) for _ in range(5)]  # from another process, like Prometheus
+        gz = [_scrape(url, gzip=True) for _ in range(3)]
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            body = resp.read()
         srv.stop()
         scrape_ms = statistics.median(times) * 1000
         text = body.decode()
         busy = [ln for ln in text.splitlines() if ln.startswith("accelmon_gpu_busy_seconds_total{")]
         joined = [ln for ln in busy if 'vm_name=""' not in ln]
         print(f"/metrics: {len(body) / 1e6:.1f} MB, {text.count(chr(10))} lines, {len(busy)} GPUs "
-              f"({len(joined)} joined to their VM); scrapes {', '.join(f'{x * 1000:.0f}' for x in times)} ms",
-              file=sys.stderr)
+              f"({len(joined)} joined to their VM); scrapes {', '.join(f'{x * 1000:.0f}' for x in times)} ms, "
+              f"with gzip {', '.join(f'{x * 1000:.0f}' for x in gz)} ms", file=sys.stderr)
         d.stop(grace_s=0.5, flush_s=5)
         rows = json.dumps(d.state.store.rows_written_total, sort_keys=True)
         print(f"rows written: {rows}", file=sys.stderr)
@@ -248,8 +262,6 @@ def main() -> int:
             if p.is_alive():
                 p.kill()
         sim.stop()
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
 
 
