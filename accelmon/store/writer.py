@@ -87,7 +87,8 @@ def to_arrow(t: Table, rows: Any) -> pa.Table:
         rows = list(rows)
         if not rows:
             return schema.empty_table()
-        data = pa.Table.from_pylist(rows)
+        keys = list(dict.fromkeys(k for r in rows for k in r))  # union: a key may appear in later rows only
+        data = pa.table({k: _column(t, k, [r.get(k) for r in rows]) for k in keys})
     unknown = set(data.column_names) - set(schema.names)
     if unknown:
         raise ValueError(f"{t.name}: unknown column(s) {', '.join(sorted(unknown))}")
@@ -114,6 +115,18 @@ def to_arrow(t: Table, rows: Any) -> pa.Table:
         if not f.nullable and out.column(f.name).null_count:
             raise ValueError(f"{t.name}: column {f.name} must not be null")
     return out
+
+
+def _column(t: Table, name: str, values: list[Any]) -> pa.Array:
+    """Build a column from Python values, typed by the schema where the values allow it."""
+    try:
+        f = t.schema.field(name)
+    except KeyError:
+        return pa.array(values)
+    try:
+        return pa.array(values, type=f.type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        return pa.array(values)  # e.g. Unix seconds for a timestamp: cast later
 
 
 def _cast(col: pa.ChunkedArray, typ: pa.DataType, tname: str, cname: str) -> pa.ChunkedArray:

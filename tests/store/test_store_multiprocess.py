@@ -111,3 +111,14 @@ def test_catalog_views_work_from_the_duckdb_file(tmp_path: Path) -> None:
     assert {"gpu_sample", "gpu_samples", "gpu_utilization_daily", "vm_gpu", "hosts", "vms"} <= names
     for n in names:
         con.execute(f"SELECT * FROM {n} LIMIT 1").fetchall()  # every view resolves on an empty store
+
+
+def test_append_list_of_dicts_keeps_keys_of_later_rows(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.append("vmotion", [
+        {"ended_at": 1_700_000_000.0, "vcenter_uuid": "vc", "vm_moref": "vm-1", "succeeded": True},
+        {"ended_at": 1_700_000_100.0, "vcenter_uuid": "vc", "vm_moref": "vm-2", "succeeded": False,
+         "failure_reason": "maxSwitchoverTimeExceeded"},
+    ])
+    rows = store.connect().execute("SELECT vm_moref, failure_reason, epoch(ended_at) FROM vmotion ORDER BY 1").fetchall()
+    assert rows == [("vm-1", None, 1_700_000_000.0), ("vm-2", "maxSwitchoverTimeExceeded", 1_700_000_100.0)]
