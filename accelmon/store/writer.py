@@ -123,6 +123,8 @@ def _column(t: Table, name: str, values: list[Any]) -> pa.Array:
         f = t.schema.field(name)
     except KeyError:
         return pa.array(values)
+    if pa.types.is_timestamp(f.type) and any(isinstance(v, int | float) for v in values):
+        return pa.array(values, type=pa.float64())  # Unix seconds: converted by _cast
     try:
         return pa.array(values, type=f.type)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
