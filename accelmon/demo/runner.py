@@ -272,6 +272,7 @@ def _run(data_dir: Path, work: Path, duration: float | None, vms: int, ui: Displ
         prom.start()
         stack.callback(prom.stop)
 
+    state["report_summary"] = _report_summary(report_dir / "findings.json") if report_ok else ""
     state.update({
         "ready": True, "metrics_url": metrics_url, "prometheus_url": prom.url,
         "report": str(report_dir / "report.html") if report_ok else None, "vcenter_url": sim.url,
@@ -361,6 +362,17 @@ def _write_report(store: Any, cfg: Any, out: Path, ui: Display) -> bool:
         ui.note(f"report: not written (exit code {rc})")
         return False
     return True
+
+
+def _report_summary(findings_json: Path) -> str:
+    """One line from the report's findings.json summary (empty if it has none)."""
+    try:
+        s = json.loads(findings_json.read_text()).get("summary") or {}
+        return (f"{s['gpus']} GPUs, {s['underutilized']} underutilized, {s['idle_gpu_hours']:.0f} idle GPU-hours, "
+                f"{s['numa_misaligned_vms']} NUMA-misaligned VM(s), {s['vmotion_migrations']} vMotions "
+                f"({s['vmotion_flagged']} flagged)")
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def _print_where_to_look(data_dir: Path, state: dict[str, Any], duration: float | None) -> None:
