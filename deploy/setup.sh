@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(golang-go golang-github-vmware-govmomi-dev prometheus chromium python3-venv ca-certificates)
+APT_PKGS=(golang-go golang-github-vmware-govmomi-dev prometheus chromium python3-venv ca-certificates openssl systemd)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
