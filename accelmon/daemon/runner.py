@@ -57,8 +57,8 @@ class SourceRunner:
         self._after = after
         self.sink = sink
         self.state = state
-        # default cap: 6 intervals, at least a minute, at most 5 minutes
-        cap = min(300.0, max(60.0, 6 * interval_s)) if max_backoff_s is None else max_backoff_s
+        # default cap: 6 intervals (agents every 10 s: 1 min), at most 5 minutes
+        cap = min(300.0, 6 * interval_s) if max_backoff_s is None else max_backoff_s
         self.max_backoff_s = max(cap, interval_s)
         self.health = state.register_source(self.job_name, target, interval_s)
         self._next_allowed = 0.0

@@ -90,6 +90,17 @@ class PrometheusServer:
         return path
 
     def start(self, timeout_s: float = 30.0) -> PrometheusServer:
+        for attempt in range(3):
+            try:
+                return self._start(timeout_s)
+            except PrometheusError as e:
+                # another process took the free port between our probe and Prometheus' bind
+                if "address already in use" not in str(e) or attempt == 2:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout_s: float) -> PrometheusServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(exist_ok=True)
         cfg = self.write_config()
