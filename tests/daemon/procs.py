@@ -58,6 +58,8 @@ def wait_until(pred: Callable[[], Any], timeout_s: float, what: str, step_s: flo
     while time.monotonic() < deadline:
         try:
             last = pred()
+        except RuntimeError:  # the process under test died: no point waiting
+            raise
         except Exception as e:  # noqa: BLE001 - keep polling
             last = e
         if last and not isinstance(last, Exception):
@@ -102,13 +104,20 @@ class Agent:
         return f"http://127.0.0.1:{self.port}/metrics"
 
     def start(self) -> Agent:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*CLI, "--config", str(self.config), "agent", "--simulate", str(self.spec),
-                 "--listen", f"127.0.0.1:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        wait_until(self._ready, 30, f"agent {self.url}")
+        for attempt in range(3):
+            with open(self.log, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [*CLI, "--config", str(self.config), "agent", "--simulate", str(self.spec),
+                     "--listen", f"127.0.0.1:{self.port}"],
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            try:
+                wait_until(self._ready, 30, f"agent {self.url}")
+                return self
+            except RuntimeError as e:  # the free port was taken meanwhile by another process
+                if "in use" not in str(e).lower() or attempt == 2:
+                    raise
+                self.port = free_port()
         return self
 
     def _ready(self) -> bool:
@@ -126,21 +135,33 @@ class Daemon:
     """`accelmon --config … --data-dir … run` with its stderr in a log file."""
 
     def __init__(self, tmp: Path, cfg: dict[str, Any], data_dir: Path, name: str = "daemon") -> None:
-        self.port = free_port()
-        cfg = {**cfg, "exporter": {**cfg.get("exporter", {}), "listen": f"127.0.0.1:{self.port}"}}
-        self.config = write_toml(tmp / f"{name}.toml", cfg)
+        self.cfg = cfg
+        self.config = tmp / f"{name}.toml"
+        self._write_config()
         self.data_dir = data_dir
         self.log = tmp / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = dict(os.environ)
 
+    def _write_config(self) -> None:
+        self.port = free_port()
+        write_toml(self.config, {**self.cfg, "exporter": {**self.cfg.get("exporter", {}),
+                                                          "listen": f"127.0.0.1:{self.port}"}})
+
     def start(self) -> Daemon:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*CLI, "--config", str(self.config), "--data-dir", str(self.data_dir), "run"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env,
-            )
-        wait_until(self._ready, 60, "daemon /metrics")
+        for attempt in range(3):
+            with open(self.log, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [*CLI, "--config", str(self.config), "--data-dir", str(self.data_dir), "run"],
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env,
+                )
+            try:
+                wait_until(self._ready, 60, "daemon /metrics")
+                return self
+            except RuntimeError as e:  # the free port was taken meanwhile by another process
+                if "cannot listen" not in str(e) or attempt == 2:
+                    raise
+                self._write_config()
         return self
 
     def _ready(self) -> bool:
