@@ -101,6 +101,8 @@ class Plan:
     unmeasured_freed_gpus: int = 0
     reason: str = ""
     target_util_percent: float = 60.0
+    # every physical GPU with an underutilized tenant: movable or why not, and what became of it
+    candidates: list[dict[str, Any]] = field(default_factory=list)
     # final placement: gpu_id -> [(tenant, profile)]
     placement: dict[str, list[tuple[Tenant, Profile | None]]] = field(default_factory=dict)
 
@@ -114,6 +116,7 @@ class Plan:
             "unmeasured_freed_gpus": self.unmeasured_freed_gpus,
             "target_util_percent": self.target_util_percent,
             "reason": self.reason,
+            "candidates": self.candidates,
         }
 
 
@@ -122,24 +125,26 @@ class _State:
         self.gpus = gpus
         self.hosts = hosts
         self.ten: dict[str, list[tuple[Tenant, Profile | None]]] = {g: [] for g in gpus}
-        self.node_used: dict[tuple[str, int], int] = {}
-        self.mem_used: dict[str, int] = {}
+        self.node_used: dict[tuple[str, int], float] = {}
+        self.mem_used: dict[str, float] = {}
+
+    def _account(self, t: Tenant, g: str, sign: int) -> None:
+        # one device's share of its VM: a VM with n GPU devices is n tenants, its vCPUs and
+        # memory count once in total (split over the nodes/hosts of its devices)
+        n = max(t.vm_gpu_count, 1)
+        gpu = self.gpus[g]
+        if gpu.numa_node is not None:
+            k = (gpu.host, gpu.numa_node)
+            self.node_used[k] = self.node_used.get(k, 0.0) + sign * t.num_cpu / n
+        self.mem_used[gpu.host] = self.mem_used.get(gpu.host, 0.0) + sign * t.memory_bytes / n
 
     def add(self, t: Tenant, p: Profile | None, g: str) -> None:
         self.ten[g].append((t, p))
-        gpu = self.gpus[g]
-        if gpu.numa_node is not None:
-            k = (gpu.host, gpu.numa_node)
-            self.node_used[k] = self.node_used.get(k, 0) + t.num_cpu
-        self.mem_used[gpu.host] = self.mem_used.get(gpu.host, 0) + t.memory_bytes
+        self._account(t, g, 1)
 
     def remove(self, t: Tenant, g: str) -> None:
         self.ten[g] = [(x, p) for x, p in self.ten[g] if x is not t]
-        gpu = self.gpus[g]
-        if gpu.numa_node is not None:
-            k = (gpu.host, gpu.numa_node)
-            self.node_used[k] = self.node_used.get(k, 0) - t.num_cpu
-        self.mem_used[gpu.host] = self.mem_used.get(gpu.host, 0) - t.memory_bytes
+        self._account(t, g, -1)
 
     def load(self, g: str) -> float:
         return sum(100.0 if t.p95_util_percent is None else t.p95_util_percent for t, _ in self.ten[g])
@@ -183,33 +188,72 @@ def _conversion(t: Tenant, gpu: PGpu, table: ProfileTable, existing: list[Profil
     return None
 
 
-def _fits(st: _State, t: Tenant, src: PGpu, g: str, table: ProfileTable, target: float,
-          cur: Profile | None) -> Profile | None:
+# why a receiving GPU was rejected (Plan.candidates counts these per donor)
+R_MODEL = "other GPU model"
+R_NUMA = "NUMA node unknown"
+R_EMPTY = "no tenants (moving there frees nothing)"
+R_WHOLE = "passthrough GPU (whole, never receives)"
+R_LOAD = "p95 sum over target"
+R_HOST = "host capacity unknown"
+R_CPUS = "NUMA node has too few free logical CPUs"
+R_MEM = "host memory"
+R_CONVERT = "no C-series profile holding fb high-water mark + 10 % fits there"
+R_PROFILE = "vGPU profile rules (mode, size, count, framebuffer)"
+
+
+def _check(st: _State, t: Tenant, src: PGpu, g: str, table: ProfileTable, target: float,
+           cur: Profile | None) -> tuple[Profile | None, str]:
+    """The profile ``t`` would have on GPU ``g``, or None and the first rule that forbids it."""
     gpu = st.gpus[g]
-    if gpu.model is None or gpu.model != src.model or gpu.numa_node is None:
-        return None
+    if gpu.model is None or gpu.model != src.model:
+        return None, R_MODEL
+    if gpu.numa_node is None:
+        return None, R_NUMA
     existing = [p for _, p in st.ten[g]]
     if not existing:
-        return None
+        return None, R_EMPTY
+    if any(q is None for q in existing):
+        return None, R_WHOLE
     if st.load(g) + (100.0 if t.p95_util_percent is None else t.p95_util_percent) > target:
-        return None
+        return None, R_LOAD
     host = st.hosts.get(gpu.host)
     if host is None:
-        return None
+        return None, R_HOST
     cpus = host.node_cpus.get(gpu.numa_node)
     if cpus is None:
-        return None
+        return None, R_HOST
     moving_host = gpu.host != src.host
     node_same = gpu.host == src.host and gpu.numa_node == src.numa_node
-    if not node_same and st.node_used.get((gpu.host, gpu.numa_node), 0) + t.num_cpu > cpus:
-        return None
-    if moving_host and st.mem_used.get(gpu.host, 0) + t.memory_bytes > host.memory_bytes:
-        return None
+    if not node_same and st.node_used.get((gpu.host, gpu.numa_node), 0) + t.num_cpu > cpus + 1e-9:
+        return None, R_CPUS
+    if moving_host and st.mem_used.get(gpu.host, 0) + t.memory_bytes > host.memory_bytes + 1e-3:
+        return None, R_MEM
     if t.kind == "passthrough":
-        return _conversion(t, gpu, table, existing)
+        q = _conversion(t, gpu, table, existing)
+        return q, "" if q is not None else R_CONVERT
     if cur is None or not profile_allowed(gpu, existing, cur):
-        return None
-    return cur
+        return None, R_PROFILE
+    return cur, ""
+
+
+def _fits(st: _State, t: Tenant, src: PGpu, g: str, table: ProfileTable, target: float,
+          cur: Profile | None) -> Profile | None:
+    return _check(st, t, src, g, table, target, cur)[0]
+
+
+def _not_movable(t: Tenant, cur: Profile | None) -> str:
+    """Why a tenant keeps its GPU from being emptied ("" = it could move)."""
+    if t.underutilized is None:
+        return "not measured (no agent data joined)" if t.measured_gpu is None else "insufficient data"
+    if t.underutilized is not True:
+        return "shares the GPU with a workload that is not underutilized"
+    if t.vm_gpu_count != 1:
+        return "multi-GPU VM"
+    if t.p95_util_percent is None:
+        return "no p95 measurement"
+    if t.kind != "passthrough" and cur is None:
+        return "vGPU profile not in the table"
+    return ""
 
 
 def plan(
@@ -237,17 +281,31 @@ def plan(
         out.placement = st.ten
         return out
 
-    def movable(g: str) -> bool:
+    # which GPUs could be emptied, and why the others cannot (Plan.candidates)
+    blockers: dict[str, list[str]] = {}
+    for g in gmap:
         ts = st.ten[g]
-        return bool(ts) and gmap[g].model is not None and all(
-            t.underutilized is True and t.vm_gpu_count == 1 and t.p95_util_percent is not None
-            and (t.kind == "passthrough" or cur_profile.get(id(t)) is not None)
-            for t, _ in ts
-        )
-
-    donors = sorted((g for g in gmap if movable(g)), key=lambda g: (st.load(g), g))
+        if not ts or not any(t.underutilized is True for t, _ in ts):
+            continue
+        why = sorted({w for w in (_not_movable(t, cur_profile.get(id(t))) for t, _ in ts) if w})
+        if gmap[g].model is None:
+            why.append("GPU model not in the profile table")
+        blockers[g] = why
+    donors = sorted((g for g, why in blockers.items() if not why), key=lambda g: (st.load(g), g))
+    n_under = sum(1 for t in tenants if t.underutilized is True and t.gpu_id in gmap)
+    out.candidates = [
+        {"gpu": g, "host": gmap[g].host, "vms": sorted({t.vm_name for t, _ in st.ten[g]}),
+         "p95_sum": round(st.load(g), 3), "movable": not why, "not_movable": why,
+         **({} if not why else {"outcome": "kept: " + "; ".join(why)})}
+        for g, why in sorted(blockers.items())
+    ]
+    cand = {c["gpu"]: c for c in out.candidates}
+    head = (f"{n_under} underutilized GPU workload(s) on {len(blockers)} physical GPU(s); "
+            f"{len(donors)} of those GPUs host only movable underutilized workloads")
     if not donors:
-        out.reason = "no GPU whose workloads are all underutilized (and movable: single-GPU VMs with measurements)"
+        out.reason = (f"{head}: nothing to empty (a GPU is freed only when all its tenants are underutilized "
+                      "single-GPU VMs with a measured p95)" if blockers else
+                      "no underutilized GPU workload in the inventory")
         out.placement = st.ten
         return out
     received: set[str] = set()
@@ -255,6 +313,7 @@ def plan(
     moves: list[Move] = []
     for d in donors:
         if d in received or not st.ten[d]:
+            cand[d]["outcome"] = "receives moved workloads"
             continue
         trial = copy.copy(st)
         trial.ten = {k: list(v) for k, v in st.ten.items()}
@@ -268,13 +327,17 @@ def plan(
                 key=lambda g: (-trial.load(g), g),
             )
             target_gpu = None
+            rejected: dict[str, int] = {}
             for g in order:
-                q = _fits(trial, t, gmap[d], g, table, target_util_percent, p)
+                q, why = _check(trial, t, gmap[d], g, table, target_util_percent, p)
                 if q is not None:
                     target_gpu = (g, q)
                     break
+                rejected[why] = rejected.get(why, 0) + 1
             if target_gpu is None:
                 ok = False
+                cand[d]["blocked_by"] = t.vm_name
+                cand[d]["receivers_rejected"] = dict(sorted(rejected.items()))
                 break
             g, q = target_gpu
             trial.remove(t, d)
@@ -293,6 +356,7 @@ def plan(
                           "fb_hwm_bytes": t.fb_hwm_bytes, "measured_gpu": t.measured_gpu,
                           "target_gpu_p95_sum_after": round(trial.load(g), 3)},
             ))
+        cand[d]["outcome"] = "freed" if ok else "kept: no receiving GPU for " + t.vm_name
         if ok:
             st = trial
             freed.append(d)
@@ -308,8 +372,9 @@ def plan(
     out.kwh_month_saved = out.watts_saved * HOURS_PER_MONTH / 1000.0
     out.placement = st.ten
     if not moves:
-        out.reason = (f"{len(donors)} underutilized GPU(s), but no receiving GPU satisfies the rules "
-                      f"(same model, profile/framebuffer, NUMA capacity, p95 sum ≤ {target_util_percent:g} %)")
+        out.reason = (f"{head}, but no receiving GPU satisfies the rules (same model, profile/framebuffer, "
+                      f"NUMA capacity, p95 sum ≤ {target_util_percent:g} %)")
     else:
-        out.reason = f"{len(moves)} move(s) free {len(freed)} GPU(s) and {len(out.freed_hosts)} host(s)"
+        out.reason = (f"{head}; {len(moves)} move(s) free {len(freed)} GPU(s) and "
+                      f"{len(out.freed_hosts)} host(s)")
     return out

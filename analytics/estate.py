@@ -27,6 +27,18 @@ def _version_ok(api: str | None) -> bool:
     return tuple(parts + [0] * (3 - len(parts))) >= (8, 0, 1)
 
 
+def vgpu_mode(host_mode: str | None) -> str:
+    """The host's time-sliced vGPU placement mode: ``mixedSize`` only where vCenter says so.
+
+    ``hosts.vgpu_mode`` holds the GPUs' ``vgpuMode`` values (comma-joined, e.g.
+    ``multiInstanceGpu,sameSize``) or, from vCenters that do not report it, the shared
+    passthrough assignment policy (``performance`` / ``consolidation``), which says nothing
+    about sizes: both mean the default, ``sameSize``.
+    """
+    modes = {m.strip() for m in (host_mode or "").split(",")}
+    return "mixedSize" if "mixedSize" in modes else "sameSize"
+
+
 def build(con: Any, gpus: pl.DataFrame, gmap: pl.DataFrame, table: ProfileTable
           ) -> tuple[list[PGpu], list[Tenant], list[HostCap]]:
     hg = frame(con,
@@ -64,7 +76,7 @@ def build(con: Any, gpus: pl.DataFrame, gmap: pl.DataFrame, table: ProfileTable
         """
     )
     util = gpus.select("gpu", "p95_util_percent", "mean_util_percent", "underutilized", "fb_max_bytes",
-                       "idle_power_watts", "mean_power_watts")
+                       "idle_power_watts")
     dev = gmap.filter(pl.col("device_key").is_not_null()).select("gpu", "vcenter_uuid", "vm_moref", "device_key")
     dev = dev.join(util, on="gpu", how="inner")
     meas = {(r["vcenter_uuid"], r["vm_moref"], r["device_key"]): r for r in dev.to_dicts()}
@@ -78,14 +90,14 @@ def build(con: Any, gpus: pl.DataFrame, gmap: pl.DataFrame, table: ProfileTable
             per = int(r["cpu_cores"]) // max(int(r["numa_node_count"]), 1)
             nc = {i: per for i in range(int(r["numa_node_count"]))}
         caps.append(HostCap(r["host"], int(r["memory_bytes"] or 0), nc or {}))
-    # idle power of a physical GPU: measured by the agent of the passthrough VM on it
+    # idle power of a physical GPU: measured by the agent of the passthrough VM on it, in its
+    # idle intervals only (a GPU that was never idle has no idle measurement: its mean power
+    # would overstate what freeing it saves)
     pt_power: dict[tuple[str, str], float] = {}
     for r in ten.filter(pl.col("backing") != "vgpu").to_dicts():
         m = meas.get((r["vcenter_uuid"], r["vm_moref"], r["device_key"]))
-        if m is not None and r["pci"]:
-            w = m["idle_power_watts"] if m["idle_power_watts"] is not None else m["mean_power_watts"]
-            if w is not None:
-                pt_power[(r["host"], r["pci"])] = float(w)
+        if m is not None and r["pci"] and m["idle_power_watts"] is not None:
+            pt_power[(r["host"], r["pci"])] = float(m["idle_power_watts"])
     pgpus = []
     for r in hg.to_dicts():
         model = table.model_for(r["device_name"], r["fb_bytes"])
@@ -93,7 +105,7 @@ def build(con: Any, gpus: pl.DataFrame, gmap: pl.DataFrame, table: ProfileTable
         pgpus.append(PGpu(
             gpu_id=f"{r['host']}/{r['pci']}", host=r["host"],
             numa_node=None if r["numa_node"] is None or r["numa_node"] < 0 else int(r["numa_node"]),
-            model=model, fb_total_bytes=int(fb), vgpu_mode=r["vgpu_mode"] or "sameSize",
+            model=model, fb_total_bytes=int(fb), vgpu_mode=vgpu_mode(r["vgpu_mode"]),
             mixed_series_ok=_version_ok(r["api_version"]), idle_power_watts=pt_power.get((r["host"], r["pci"])),
         ))
     tenants = []

@@ -124,10 +124,12 @@ def _check(pl: Plan, gpus, tenants, hosts, target) -> None:
             assert TABLE.get(tg.model, m.to_profile).fb_bytes >= (t.fb_hwm_bytes or 0) * 1.1
     # node and host capacity where something moved in
     for host, nodes in {(m.to_host, m.to_numa_node) for m in pl.moves}:
-        used = sum(t.num_cpu for t, g in placed if gmap[g].host == host and gmap[g].numa_node == nodes)
-        assert used <= hmap[host].node_cpus[nodes], "NUMA node over its logical CPUs"
-        mem = sum(t.memory_bytes for t, g in placed if gmap[g].host == host)
-        assert mem <= hmap[host].memory_bytes
+        # a VM with n GPU devices is n tenants: each carries 1/n of its vCPUs and memory
+        used = sum(t.num_cpu / t.vm_gpu_count for t, g in placed
+                   if gmap[g].host == host and gmap[g].numa_node == nodes)
+        assert used <= hmap[host].node_cpus[nodes] + 1e-9, "NUMA node over its logical CPUs"
+        mem = sum(t.memory_bytes / t.vm_gpu_count for t, g in placed if gmap[g].host == host)
+        assert mem <= hmap[host].memory_bytes + 1e-3
     for g in pl.freed_gpus:
         assert not pl.placement[g], "a freed GPU still has tenants"
         assert any(t.gpu_id == g for t in tenants)
