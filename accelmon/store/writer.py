@@ -294,10 +294,14 @@ class Store:
             stem = f"part-{time.time_ns() // 1_000_000:013d}-{os.getpid()}-{next(_counter):06d}-{uuid.uuid4().hex[:8]}"
             tmp = gen / f".tmp-{stem}"
             final = gen / f"{stem}.parquet"
-            with open(tmp, "wb") as f:
-                write_parquet(t, data, f, level=1)  # compaction rewrites it compactly
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with open(tmp, "wb") as f:
+                    write_parquet(t, data, f, level=1)  # compaction rewrites it compactly
+                    f.flush()
+                    os.fsync(f.fileno())
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # e.g. disk full: leave nothing behind
+                raise
             os.rename(tmp, final)
             _fsync_dir(gen)
         return final
@@ -361,10 +365,14 @@ class Store:
             new.mkdir()
             out = new / f"compact-{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:8]}.parquet"
             tmp = new / f".tmp-{out.name}"
-            with open(tmp, "wb") as f:
-                write_parquet(t, data, f)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with open(tmp, "wb") as f:
+                    write_parquet(t, data, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except BaseException:
+                shutil.rmtree(new, ignore_errors=True)
+                raise
             os.rename(tmp, out)
             link = self.root / "tables" / t.name / f"date={day}"
             with self._flock(t.name, "append", fcntl.LOCK_EX):
