@@ -13,6 +13,11 @@ inference      ``bursty_inference``: request bursts, busier by day
 light          a notebook: two or three short sessions a day, idle (often
                with the kernel still holding memory) the rest; a one-day CSV
                trace in the ``import-trace`` format, looped
+serving        a low-traffic model endpoint: the model (7.5 GiB) stays loaded,
+               a request now and then keeps the GPU busy for one 10-second
+               step in a minute at most (more by day); a one-day CSV trace at
+               10 s steps, looped: mean ≈ 5 %, p95 ≈ 17 % - a consolidation
+               candidate
 batch          ``busy_training`` (a batch job)
 idle           ``idle_allocated``: memory held, no kernels (the waste)
 =============  ===========================================================
@@ -37,6 +42,8 @@ UNJOINED_HOSTNAME = "ws-lab-07"
 
 
 NOTEBOOK = "notebook"  # placeholder trace for the light workload, replaced by a CSV in write_specs
+SERVING = "serving"  # placeholder trace for the serving workload, replaced by a CSV in write_specs
+SERVING_FB_BYTES = int(7.5 * 2**30)  # a small model, loaded all the time
 
 
 def _trace(workload: str) -> Any:
@@ -46,6 +53,8 @@ def _trace(workload: str) -> Any:
         return "bursty_inference"
     if workload == "light":
         return NOTEBOOK
+    if workload == "serving":
+        return SERVING
     return "idle_allocated"
 
 
@@ -69,6 +78,26 @@ def write_notebook_csv(path: Path, seed: int, fb_bytes_held: int = 6 * 2**30) ->
         w.writerow(["timestamp", "gpu", "util_percent", "memory_used_bytes"])
         for minute in range(1440):
             w.writerow([minute * 60, "notebook", int(util[minute]), fb_bytes_held if held[minute] else 0])
+
+
+def write_serving_csv(path: Path, seed: int, fb_bytes_held: int = SERVING_FB_BYTES) -> None:
+    """One day of a low-traffic inference endpoint at 10-second steps (the agent's and the
+    backfill's resolution): in each minute at most one step is busy (a request), with a chance
+    of 50 % by day (08-20 h) and 15 % at night; the model's memory stays held."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    steps = 8640
+    util = np.zeros(steps)
+    for minute in range(1440):
+        p = 0.5 if 8 * 60 <= minute < 20 * 60 else 0.15
+        if rng.random() < p:
+            util[minute * 6 + int(rng.integers(0, 6))] = int(rng.integers(20, 80))
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["timestamp", "gpu", "util_percent", "memory_used_bytes"])
+        for i in range(steps):
+            w.writerow([i * 10, "serving", int(util[i]), fb_bytes_held])
 
 
 def sim_model(host_gpu_model: str) -> str:
@@ -137,5 +166,9 @@ def write_specs(plans: list[AgentPlan], directory: Path) -> None:
                 trace_csv = directory / f"{p.name}-gpu{i}.csv"
                 write_notebook_csv(trace_csv, p.seed * 10 + i)
                 g["trace"] = f"csv:{trace_csv}#notebook"
+            elif g["trace"] == SERVING:
+                trace_csv = directory / f"{p.name}-gpu{i}.csv"
+                write_serving_csv(trace_csv, p.seed * 10 + i)
+                g["trace"] = f"csv:{trace_csv}#serving"
         p.spec_path = directory / f"{p.name}.json"
         p.spec_path.write_text(json.dumps(p.spec(), indent=1) + "\n")

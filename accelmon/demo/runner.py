@@ -13,7 +13,8 @@
 container image uses it so the compose Prometheus can scrape it); the default is loopback.
 
 Everything lives under the data dir: the store, ``report/``, and ``demo/`` (config, agent
-specs, logs, ``demo.json`` with the URLs). A data dir the demo did not create is refused.
+specs, logs, ``demo.json`` with the URLs, ``estate.json``: the simulator's manifest, i.e. the
+seeded estate as placed when the report was written). A data dir the demo did not create is refused.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ log = logging.getLogger("accelmon.demo")
 
 MARKER = ".accelmon-demo"
 HISTORY_DAYS = 7
+# GPU VMs: one in nine, but at least the simulator's 15 scripted ones (every NUMA, vGPU and
+# consolidation case; accelmon/sim/vcsim/estate.go, `forced`)
+SCRIPTED_GPU_VMS = 15
 AGENTS_PER_PROCESS = 16
 DAEMON_PORT = 9836
 PROMETHEUS_PORT = 9090
@@ -55,6 +59,11 @@ class _Stop(Exception):
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise _Stop(signal.Signals(signum).name)
+
+
+def demo_gpu_vm_ratio(vms: int) -> float:
+    """Share of GPU VMs in the demo estate: 1/9, but at least SCRIPTED_GPU_VMS of them."""
+    return min(1.0, max(1 / 9, SCRIPTED_GPU_VMS / vms))
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -223,8 +232,9 @@ def _run(data_dir: Path, work: Path, duration: float | None, vms: int, ui: Displ
     with ui.step("building the vCenter simulator (Go, cached after the first time)"):
         build()
     with ui.step(f"starting the vCenter simulator ({vms} VMs)"):
-        sim = Vcsim.start(vms=vms, seed=1, api_version="8.0.1.0")
+        sim = Vcsim.start(vms=vms, seed=1, api_version="8.0.1.0", gpu_vm_ratio=demo_gpu_vm_ratio(vms))
         stack.callback(sim.stop)
+    (work / "estate.json").write_text(json.dumps(sim.manifest, indent=1, default=str))
     password_file = work / "vcenter.password"
     password_file.touch(mode=0o600)
     password_file.write_text(sim.password + "\n")
@@ -370,7 +380,9 @@ def _report_summary(findings_json: Path) -> str:
         s = json.loads(findings_json.read_text()).get("summary") or {}
         return (f"{s['gpus']} GPUs, {s['underutilized']} underutilized, {s['idle_gpu_hours']:.0f} idle GPU-hours, "
                 f"{s['numa_misaligned_vms']} NUMA-misaligned VM(s), {s['vmotion_migrations']} vMotions "
-                f"({s['vmotion_flagged']} flagged)")
+                f"({s['vmotion_flagged']} flagged); the plan frees {s['plan_frees_gpus']} GPU(s) with "
+                f"{s['plan_moves']} move(s), saving {s['plan_watts_saved']:.0f} W measured "
+                f"({s['plan_kwh_month_saved']:.0f} kWh/month)")
     except (OSError, ValueError, KeyError, TypeError):
         return ""
 
@@ -384,6 +396,7 @@ def _print_where_to_look(data_dir: Path, state: dict[str, Any], duration: float 
         f"  /metrics    {state['metrics_url']}",
         f"  Prometheus  {state['prometheus_url']}  (alerts: {state['prometheus_url']}/alerts)",
         f"  report      {state['report'] or 'not written (see above)'}",
+        *([f"              {state['report_summary']}"] if state.get("report_summary") else []),
         f'  SQL         accelmon --data-dir {data_dir} sql "{q}"',
         f"  vCenter     {state['vcenter_url']} (simulator; password in {data_dir / 'demo' / 'vcenter.password'})",
         "Stops after " + (f"{duration:g} s" if duration is not None else "Ctrl-C") + "; logs in "

@@ -35,6 +35,7 @@ DURATION_S = 60
 SETUP_TIMEOUT_S = 240
 UNJOINED = "ws-lab-07"
 NUMA_MISALIGNED_IDLE_VM = "gpu-dev-00000"  # seeded estate: idle passthrough A100, vCPUs pinned off its GPU's node
+BUSY_VM = "gpu-train-00020"  # seeded estate: two passthrough H100s training all week
 # Nothing is down in the demo: these queries rightly return nothing (a stat's "or vector(0)"
 # fallback shows 0); they are still run, so they must parse and execute.
 NOTHING_WHEN_HEALTHY = {("GPUs down", "A"), ("Agents down", "A"), ("GPUs by state", "D"), ("Agents up / down", "B")}
@@ -156,7 +157,50 @@ def test_findings_of_the_report_reach_metrics(demo: Demo) -> None:
     assert aligned, "every VM flagged NUMA-misaligned"
     under = {s.labels["vm_name"]: s.value for s in fam["accelmon_gpu_underutilized"] if s.labels["vm_name"]}
     assert under[NUMA_MISALIGNED_IDLE_VM] == 1  # idle all week
-    assert under["gpu-train-00042"] == 0  # busy all week
+    assert under[BUSY_VM] == 0  # busy all week
+
+
+def test_the_report_plans_a_legal_consolidation(demo: Demo) -> None:
+    """The seeded estate has low-traffic vGPU endpoints spread one per GPU and small endpoints on
+    whole passthrough GPUs: the plan packs them, frees GPUs and counts the measured idle power."""
+    doc = json.loads((Path(demo.state["report"]).parent / "findings.json").read_text())
+    plan, summary = doc["consolidation"], doc["summary"]
+    estate = json.loads((demo.data_dir / "demo" / "estate.json").read_text())  # placement at report time
+    host_name = {h["moref"]: h["name"] for h in estate["hosts"]}
+    tenants: dict[str, set[str]] = {}  # "<host>/<pci>" (the plan's GPU id) -> VMs on that physical GPU
+    for v in estate["vms"]:
+        for g in v["gpus"]:
+            if g["host_pci_id"]:
+                tenants.setdefault(f"{host_name[v['host']]}/{g['host_pci_id'].lower()}", set()).add(v["name"])
+    moves, freed = plan["moves"], plan["freed_gpus"]
+    assert len(moves) >= 4 and len(freed) >= 3, plan["reason"]
+    assert any(m["converted"] for m in moves) and any(not m["converted"] for m in moves)
+    assert plan["watts_saved"] > 0 and plan["unmeasured_freed_gpus"] < len(freed)
+    assert abs(plan["kwh_month_saved"] - plan["watts_saved"] * 730 / 1000) < 1e-6
+    # a freed GPU hosted only VMs the plan moves, and all of them move off it
+    for g in freed:
+        assert tenants[g] == {m["vm_name"] for m in moves if m["from_gpu"] == g}, g
+    for m in moves:
+        assert m["from_gpu"] in freed and m["to_gpu"] not in freed
+        assert tenants[m["to_gpu"]], "moved onto an empty GPU (frees nothing)"
+        assert m["evidence"]["target_gpu_p95_sum_after"] <= plan["target_util_percent"]
+        assert m["to_host"] == m["to_gpu"].split("/")[0]
+        assert m["fix"].endswith(f'set numa.nodeAffinity = "{m["to_numa_node"]}"')
+    moved = {m["vm_name"] for m in moves}
+    assert moved <= {g["vm_name"] for g in doc["gpus"] if g["underutilized"]}
+    assert NUMA_MISALIGNED_IDLE_VM not in moved and BUSY_VM not in moved
+    blocked = next(c for c in plan["candidates"] if NUMA_MISALIGNED_IDLE_VM in c["vms"])
+    assert blocked["outcome"] == f"kept: no receiving GPU for {NUMA_MISALIGNED_IDLE_VM}"  # 30 GB held: needs 40C
+    # the summary and the reason count what the plan holds
+    assert (summary["plan_moves"], summary["plan_frees_gpus"], summary["plan_watts_saved"]) == (
+        len(moves), len(freed), plan["watts_saved"])
+    n_under = sum(1 for g in doc["gpus"] if g["underutilized"] and g["vm_name"])
+    assert plan["reason"].startswith(f"{n_under} underutilized GPU workload(s) on ")
+    assert plan["reason"].endswith(f"{len(moves)} move(s) free {len(freed)} GPU(s) and "
+                                   f"{len(plan['freed_hosts'])} host(s)")
+    html = Path(demo.state["report"]).read_text()
+    assert f"saves {plan['watts_saved']:.0f} W" in html and all(m["vm_name"] in html for m in moves)
+    assert "the plan frees" in demo.state["report_summary"]
 
 
 def _metric_names_used() -> set[str]:

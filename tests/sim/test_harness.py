@@ -186,3 +186,34 @@ def test_counter_key_offset(vcsim_factory) -> None:
         assert res[0].value[0].id.counterId == power and min(res[0].value[0].value) > 300
     finally:
         Disconnect(si)
+
+
+def test_fifteen_gpu_vms_add_the_consolidation_scenario(vcsim: Vcsim, vcsim_factory) -> None:
+    """From 15 GPU VMs on (the demo's estate) the seeding adds low-traffic endpoints spread one per
+    time-sliced GPU and on whole passthrough GPUs; the first seven scripted VMs stay as they are."""
+    sim = vcsim_factory(gpu_vm_ratio=0.25)
+    gpu_vms = [v for v in sim.manifest["vms"] if v["gpus"]]
+    assert len(gpu_vms) == 15
+    small = [v for v in vcsim.manifest["vms"] if v["gpus"]]
+
+    def shape(v: dict) -> tuple:
+        return (v["name"].split("-")[1], v["power_state"], v["workload"], v["numa"]["status"],
+                [(g["kind"], g["vgpu_profile"]) for g in v["gpus"]])
+
+    assert [shape(v) for v in gpu_vms[:7]] == [shape(v) for v in small]
+    on_gpu: dict[str, list[str]] = {}
+    for v in gpu_vms:
+        for g in v["gpus"]:
+            if g["host_pci_id"]:
+                on_gpu.setdefault(f"{v['host']}/{g['host_pci_id']}", []).append(v["name"])
+    serve = [v for v in gpu_vms if v["workload"] == "serving"]
+    assert [v["name"].split("-")[1] for v in serve] == ["serve"] * 6
+    assert sorted(g["vgpu_profile"] or g["kind"] for v in serve for g in v["gpus"]) == [
+        "grid_a100-10c", "grid_a100-10c", "grid_h100-20c", "grid_h100-20c", "passthrough", "passthrough"]
+    for v in serve:  # each alone on its physical GPU
+        (g,) = v["gpus"]
+        assert on_gpu[f"{v['host']}/{g['host_pci_id']}"] == [v["name"]]
+        assert v["num_cpu"] == (16 if g["kind"] == "passthrough" else 8)
+    ten_c = [v for v in gpu_vms if any(g["vgpu_profile"] == "grid_a100-10c" for g in v["gpus"])]
+    assert sorted(v["workload"] for v in ten_c) == ["idle", "inference", "serving", "serving"]
+    assert all(len(on_gpu[f"{v['host']}/{v['gpus'][0]['host_pci_id']}"]) == 1 for v in ten_c)

@@ -226,16 +226,35 @@ type forcedGPU struct {
 	affinity  string // aligned | misaligned | none
 	workload  string
 	poweredOn bool
+	spread    bool  // vGPU: take a GPU of its own (vSphere's default "performance" assignment spreads vGPUs)
+	cpus      int32 // vCPUs (0: drawn at random)
+	memGB     int64 // memory (0: drawn at random)
 }
 
+// The first seven make every case of a small estate (7 GPU VMs at the default ratio). The
+// next eight, present once an estate has 15 GPU VMs (the demo's), are what a spread-out estate
+// looks like a few months in: low-traffic model endpoints ("serving") and an idle dev VM, each
+// alone on a time-sliced GPU of the same profile, next to a busy vGPU of that profile, and two
+// small endpoints on whole passthrough GPUs whose framebuffer use would fit a vGPU profile.
+// Together they can be consolidated legally (same model and framebuffer size, sameSize mode,
+// NUMA room, p95 sum under the target), which is what the consolidation plan should find.
 var forced = []forcedGPU{
-	{"passthrough", 0, "", 1, 1, "misaligned", "idle", true},
-	{"vgpu", 0, "grid_a100-40c", 1, 0, "aligned", "training", true},
-	{"dynamic", 1, "", 1, 0, "none", "inference", true},
-	{"vgpu", 0, "grid_a100-4-20c", 1, 1, "aligned", "light", true},
-	{"vgpu", 1, "grid_h100-20c", 1, 0, "misaligned", "inference", true},
-	{"passthrough", 1, "", 2, 1, "aligned", "training", true},
-	{"vgpu", 1, "grid_h100-10c", 1, -1, "none", "batch", false},
+	{kind: "passthrough", cluster: 0, ngpu: 1, node: 1, affinity: "misaligned", workload: "idle", poweredOn: true},
+	{kind: "vgpu", cluster: 0, profile: "grid_a100-40c", ngpu: 1, node: 0, affinity: "aligned", workload: "training", poweredOn: true},
+	{kind: "dynamic", cluster: 1, ngpu: 1, node: 0, affinity: "none", workload: "inference", poweredOn: true},
+	{kind: "vgpu", cluster: 0, profile: "grid_a100-4-20c", ngpu: 1, node: 1, affinity: "aligned", workload: "light", poweredOn: true},
+	{kind: "vgpu", cluster: 1, profile: "grid_h100-20c", ngpu: 1, node: 0, affinity: "misaligned", workload: "inference", poweredOn: true},
+	{kind: "passthrough", cluster: 1, ngpu: 2, node: 1, affinity: "aligned", workload: "training", poweredOn: true},
+	{kind: "vgpu", cluster: 1, profile: "grid_h100-10c", ngpu: 1, node: -1, affinity: "none", workload: "batch", poweredOn: false},
+	// consolidation candidates (A100 40GB: 10C x4 per GPU; H100 80GB: 20C x4 per GPU)
+	{kind: "vgpu", cluster: 0, profile: "grid_a100-10c", ngpu: 1, node: 0, affinity: "aligned", workload: "serving", poweredOn: true, spread: true, cpus: 8, memGB: 32},
+	{kind: "vgpu", cluster: 0, profile: "grid_a100-10c", ngpu: 1, node: 1, affinity: "aligned", workload: "serving", poweredOn: true, spread: true, cpus: 8, memGB: 32},
+	{kind: "vgpu", cluster: 0, profile: "grid_a100-10c", ngpu: 1, node: 0, affinity: "none", workload: "idle", poweredOn: true, spread: true, cpus: 8, memGB: 32},
+	{kind: "passthrough", cluster: 0, ngpu: 1, node: 0, affinity: "aligned", workload: "serving", poweredOn: true, cpus: 16, memGB: 128},
+	{kind: "vgpu", cluster: 0, profile: "grid_a100-10c", ngpu: 1, node: 1, affinity: "aligned", workload: "inference", poweredOn: true, spread: true, cpus: 8, memGB: 64},
+	{kind: "vgpu", cluster: 1, profile: "grid_h100-20c", ngpu: 1, node: 0, affinity: "aligned", workload: "serving", poweredOn: true, spread: true, cpus: 8, memGB: 32},
+	{kind: "vgpu", cluster: 1, profile: "grid_h100-20c", ngpu: 1, node: 1, affinity: "aligned", workload: "serving", poweredOn: true, spread: true, cpus: 8, memGB: 32},
+	{kind: "passthrough", cluster: 1, ngpu: 1, node: 1, affinity: "aligned", workload: "serving", poweredOn: true, cpus: 16, memGB: 128},
 }
 
 var gpuWorkloads = []struct {
@@ -350,6 +369,12 @@ func (e *estate) planGPUVM(v *vmPlan, k int, rr *int) bool {
 		v.NumCPU = []int32{16, 32, 32}[e.rng.Intn(3)]
 		v.MemoryMB = int64([]int{128, 256, 256, 512}[e.rng.Intn(4)]) * 1024
 	}
+	if f.cpus > 0 { // drawn above all the same, so the random stream does not depend on it
+		v.NumCPU = f.cpus
+	}
+	if f.memGB > 0 {
+		v.MemoryMB = f.memGB * 1024
+	}
 	// try the wanted cluster first, then the others
 	for off := 0; off < e.P.Clusters; off++ {
 		c := (f.cluster + off) % e.P.Clusters
@@ -362,7 +387,8 @@ func (e *estate) planGPUVM(v *vmPlan, k int, rr *int) bool {
 		v.Forced = -1
 		return false
 	}
-	prefix := map[string]string{"idle": "dev", "light": "notebook", "inference": "infer", "training": "train", "batch": "batch"}[v.Workload]
+	prefix := map[string]string{"idle": "dev", "light": "notebook", "inference": "infer", "training": "train", "batch": "batch",
+		"serving": "serve"}[v.Workload]
 	v.Name = fmt.Sprintf("gpu-%s-%05d", prefix, v.Index)
 	e.planAffinity(v, f.affinity)
 	return true
@@ -485,7 +511,13 @@ func (e *estate) placeGPUs(v *vmPlan, f forcedGPU, c int) bool {
 			}
 			return true
 		case "vgpu":
-			g := e.findVgpuSlot(order, prof)
+			var g *gpuPlan
+			if f.spread {
+				g = e.freeGPU(order, prof)
+			}
+			if g == nil {
+				g = e.findVgpuSlot(order, prof)
+			}
 			if g == nil {
 				continue
 			}
@@ -519,6 +551,21 @@ func (e *estate) gpuOrder(h *hostPlan, node int) []*gpuPlan {
 		out = append(out, h.GPUs[(s+i)%len(h.GPUs)])
 	}
 	return out
+}
+
+// freeGPU takes an unassigned GPU for a time-sliced vGPU (nil if none, or for MIG profiles):
+// how vSphere's default "performance" (spread) assignment policy places a new vGPU VM.
+func (e *estate) freeGPU(order []*gpuPlan, p *vgpuProfile) *gpuPlan {
+	if p.Slices > 0 {
+		return nil
+	}
+	for _, g := range order {
+		if g.Mode == "unassigned" {
+			g.Mode, g.Profile, g.Cap, g.Used = "vgpu", p.Name, g.Host.Model.FbGiB/p.FbGiB, 1
+			return g
+		}
+	}
+	return nil
 }
 
 func (e *estate) findVgpuSlot(order []*gpuPlan, p *vgpuProfile) *gpuPlan {

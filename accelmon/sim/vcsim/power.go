@@ -35,6 +35,8 @@ func (v *vmPlan) gpuUtil(t int64) float64 {
 		return clamp01(0.08 + 0.04*math.Sin(2*math.Pi*ft/3600+v.Phase) + 0.03*n)
 	case "inference":
 		return clamp01(0.35 + 0.25*math.Sin(2*math.Pi*ft/86400+v.Phase) + 0.08*n)
+	case "serving": // a low-traffic endpoint: a request now and then
+		return clamp01(0.04 + 0.03*math.Sin(2*math.Pi*ft/86400+v.Phase) + 0.02*n)
 	case "training":
 		// checkpoint dips: one minute every half hour
 		if int64(ft+v.Phase*300)%1800 < 60 {
