@@ -72,6 +72,7 @@ class Vcsim:
         method_delay_ms: dict[str, int] | None = None,
         counter_key_offset: int = 0,
         timeout_s: float | None = None,
+        guest_ip_prefix: str | None = None,
     ) -> Vcsim:
         """Build (cached) and start the simulator on ``host:port`` (0 = a free port).
 
@@ -81,6 +82,8 @@ class Vcsim:
         ``method_delay_ms`` slows SOAP methods down, e.g. ``{"QueryPerf": 2000}`` (a slow vCenter);
         ``session_idle_timeout_s`` expires idle sessions (NotAuthenticated on the next call).
         ``counter_key_offset`` shifts every perf counter key, as keys differ between real installs.
+        ``guest_ip_prefix`` replaces the guest IPs' first octet ``10.``, e.g. ``"127."``: each VM's
+        guest IP is then a loopback address an agent can listen on (discovery end to end).
         """
         binary = build()
         password = password or secrets.token_urlsafe(12)
@@ -95,6 +98,8 @@ class Vcsim:
             args.append("-no-tls")
         if session_idle_timeout_s:
             args += ["-session-idle-timeout", f"{session_idle_timeout_s}s"]
+        if guest_ip_prefix:
+            args += ["-guest-ip-prefix", guest_ip_prefix]
         if method_delay_ms:
             args += ["-method-delay", ",".join(f"{k}={int(v)}" for k, v in method_delay_ms.items())]
         # datastore folders (govcsim-*) go under run_dir, removed with it even after a kill

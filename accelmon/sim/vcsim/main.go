@@ -49,6 +49,7 @@ func main() {
 	idle := flag.Duration("session-idle-timeout", 0, "expire idle sessions after this long (0: never)")
 	keyOffset := flag.Int("counter-key-offset", 0, "shift all perf counter keys (they differ between real installs)")
 	delays := flag.String("method-delay", "", "per-method delays in ms, e.g. RetrievePropertiesEx=500,QueryPerf=2000")
+	guestIPPrefix := flag.String("guest-ip-prefix", "", `first octet of the guest IPs instead of "10.", e.g. "127." (loopback)`)
 	flag.Parse()
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	log.SetPrefix("vcsim: ")
@@ -71,6 +72,9 @@ func main() {
 	esx.HostConfigInfo.Product.ApiVersion = *apiVersion
 
 	e := newEstate(p)
+	if err := e.rewriteGuestIPs(*guestIPPrefix); err != nil {
+		fail("%v", err)
+	}
 	m := simulator.VPX()
 	m.Datacenter, m.Cluster, m.ClusterHost, m.Host, m.Machine = 1, p.Clusters, p.HostsPerCluster, 0, 0
 	m.Portgroup, m.Datastore, m.Autostart = 0, 1, true
