@@ -180,6 +180,7 @@ class IntervalsConfig(_Model):
     compaction: Duration = 3600.0
     retention: Duration = 86400.0
     flush: Duration = 10.0
+    findings: Duration = 60.0  # daemon: re-read latest_findings (also right after its own report job)
 
 
 class RetentionConfig(_Model):
