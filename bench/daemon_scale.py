@@ -24,6 +24,7 @@ M its resident memory after the cycle, S the median /metrics time. Targets: C < 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import multiprocessing as mp
 import os
@@ -76,19 +77,25 @@ def _farm(specs: list[dict[str, Any]], conn: Any) -> None:
         agents.append(a)
     regs = [make_registry(a) for a in agents]
     bodies: list[bytes] = [b""] * len(agents)
+    gzipped: list[bytes] = [b""] * len(agents)
 
     def refresh() -> None:
         for i, a in enumerate(agents):
             a.poll_once()
             bodies[i] = render(regs[i])
+            gzipped[i] = gzip.compress(bodies[i], compresslevel=1)
 
     class H(BaseHTTPRequestHandler):
+        # as the real agent's server (collector/agent/server.py): headers and body in one go
+        # (no Nagle/delayed-ACK stall), gzip level 1 when the client asks
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
 
         def do_GET(self) -> None:  # noqa: N802
             parts = self.path.split("/")
+            gz = "gzip" in (self.headers.get("Accept-Encoding") or "")
             try:
-                body = bodies[int(parts[2])]
+                body = (gzipped if gz else bodies)[int(parts[2])]
             except (IndexError, ValueError):
                 self.send_response(404)
                 self.send_header("Content-Length", "0")
@@ -97,6 +104,8 @@ def _farm(specs: list[dict[str, Any]], conn: Any) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
+            if gz:
+                self.send_header("Content-Encoding", "gzip")
             self.end_headers()
             self.wfile.write(body)
 

@@ -23,18 +23,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import requests
 from accelmon.collector.agent_source import (
     DEFAULT_MAX_BODY,
+    OutOfRange,
     Sample,
     ScrapeError,
+    emit_rows,
     fetch_metrics_text,
     finite_or_none,
+    new_session,
     parse_metrics,
     redact_url,
-    rows_to_tables,
     scaled_int,
-    write_tables,
+    small_int,
 )
 from accelmon.collector.base import CollectResult
 
@@ -74,7 +75,7 @@ class _ExporterSource:
         self.max_body_bytes = int(max_body_bytes)
         self.verify = verify
         self.token = token
-        self._session = requests.Session()
+        self._session = new_session()
         self._identity: dict[str, tuple[Any, ...]] = {}
 
     def close(self) -> None:
@@ -91,6 +92,12 @@ class _ExporterSource:
         raise NotImplementedError
 
     def rows(self, text: str, scraped_at: float) -> dict[str, list[dict[str, Any]]]:
+        try:
+            return self._rows(text, scraped_at)
+        except OutOfRange as e:
+            raise ScrapeError(f"{self.target}: {e}") from None
+
+    def _rows(self, text: str, scraped_at: float) -> dict[str, list[dict[str, Any]]]:
         m = parse_metrics(text, self.target)
         per: dict[str, dict[str, float]] = {}
         labels_of: dict[str, dict[str, str]] = {}
@@ -121,7 +128,7 @@ class _ExporterSource:
                                   max_body_bytes=self.max_body_bytes, verify=self.verify)
         rows = self.rows(text, time.time())
         keys = [(r["gpu_uuid"], r.pop("_key")) for r in rows["agent_gpu"]]
-        res = write_tables(store, rows_to_tables(rows))
+        res = emit_rows(store, rows)
         for g, k in keys:
             self._identity[g] = k
         return res
@@ -161,7 +168,7 @@ class DcgmExporterSource(_ExporterSource):
         return {
             "hostname": labels.get("Hostname") or None,
             "gpu_uuid": key,
-            "gpu_index": int(gpu) if gpu.isdigit() else None,
+            "gpu_index": small_int(gpu),
             "pci_bus_id": labels.get("pci_bus_id") or None,
             "model_name": labels.get("modelName") or None,
             "driver_version": labels.get("DCGM_FI_DRIVER_VERSION") or None,
@@ -177,7 +184,7 @@ class DcgmExporterSource(_ExporterSource):
             "mem_util_percent": finite_or_none(v.get("mem_util")),
             "fb_used_bytes": scaled_int(v.get("fb_used_mib"), MIB),
             "fb_total_bytes": scaled_int(total, MIB),
-            "power_milliwatts": scaled_int(v.get("power_w"), 1000.0),
+            "power_milliwatts": scaled_int(v.get("power_w"), 1000.0, bits=32),
             "energy_millijoules_total": scaled_int(v.get("energy_mj")),
         }
         tx, rx = finite_or_none(v.get("pcie_tx_rate")), finite_or_none(v.get("pcie_rx_rate"))
@@ -216,7 +223,7 @@ class NvidiaGpuExporterSource(_ExporterSource):
         return {
             "hostname": None,
             "gpu_uuid": key,
-            "gpu_index": int(idx) if idx.isdigit() else None,
+            "gpu_index": small_int(idx),
             "pci_bus_id": info.get("pci_bus_id") or None,
             "model_name": info.get("name") or None,
             "serial": info.get("serial") if info.get("serial") not in (None, "", "[N/A]") else None,
@@ -230,5 +237,5 @@ class NvidiaGpuExporterSource(_ExporterSource):
             "mem_util_percent": None if mem is None else mem * 100.0,
             "fb_used_bytes": scaled_int(v.get("fb_used")),
             "fb_total_bytes": scaled_int(v.get("fb_total")),
-            "power_milliwatts": scaled_int(v.get("power_w"), 1000.0),
+            "power_milliwatts": scaled_int(v.get("power_w"), 1000.0, bits=32),
         }

@@ -4,15 +4,18 @@ and the start-up load of the latest inventory so joins and discovery work before
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from accelmon.config import Config
+from accelmon.daemon import vmotion_history
 from accelmon.daemon.buffer import WriteBuffer
-from accelmon.daemon.state import DaemonState
+from accelmon.daemon.state import DaemonState, PlanSummary
 from accelmon.store.schema import TABLES
 from accelmon.store.writer import Store
 
@@ -49,6 +52,13 @@ def retention(store: Store, cfg: Config, state: DaemonState, now: float | None =
     for name, t in TABLES.items():
         keep = cfg.retention.inventory if t.kind == "inventory" else cfg.retention.samples
         cutoff = dt.datetime.fromtimestamp(now - keep, dt.UTC).date()
+        if name == "vmotion" and any(dt.date.fromisoformat(p) < cutoff for p in store.partitions(name)
+                                     if p != "1970-01-01"):
+            try:  # keep the vMotion counters' totals before their rows go
+                vmotion_history.carry_before(store, cutoff)
+            except Exception as e:  # noqa: BLE001 - keep the rows rather than lose the counts
+                log.warning("retention: vmotion partitions kept: cannot record their counter totals: %s", e)
+                continue
         for p in store.drop_partitions_before(name, cutoff):
             dropped.append((name, p))
     if dropped:
@@ -58,17 +68,81 @@ def retention(store: Store, cfg: Config, state: DaemonState, now: float | None =
     return dropped
 
 
-def refresh_findings(store: Store, state: DaemonState) -> int:
+def reports_dir(store: Store, cfg: Config) -> Path:
+    """Where the daily report writes its run directories (as accelmon.report.cli.reports_root,
+    without importing the report stack into the daemon)."""
+    return Path(cfg.report.out_dir) if cfg.report.out_dir else store.root / "reports"
+
+
+def refresh_findings(store: Store, state: DaemonState, reports: Path | None = None) -> int:
+    """Re-read ``latest_findings`` (the findings gauges) and the latest consolidation plan."""
     con = store.connect(threads=1)
     try:
         rows = con.execute(
-            "SELECT kind, subject, vcenter_uuid, value, reason, evidence_json FROM latest_findings"
+            "SELECT kind, subject, vcenter_uuid, value, reason, evidence_json, run_id, "
+            "epoch_ms(generated_at) AS generated_ms FROM latest_findings"
         ).fetchall()
     finally:
         con.close()
-    keys = ("kind", "subject", "vcenter_uuid", "value", "reason", "evidence_json")
-    state.set_findings([dict(zip(keys, r, strict=True)) for r in rows])
-    return len(rows)
+    keys = ("kind", "subject", "vcenter_uuid", "value", "reason", "evidence_json", "run_id", "generated_ms")
+    found = [dict(zip(keys, r, strict=True)) for r in rows]
+    snap_plan = state.snapshot().plan
+    state.set_findings(found, plan_summary(found, reports, snap_plan))
+    return len(found)
+
+
+def plan_summary(rows: list[dict[str, Any]], reports: Path | None,
+                 previous: PlanSummary | None = None) -> PlanSummary | None:
+    """The consolidation plan of the latest run: moves and freed GPUs from its
+    ``consolidation_move`` findings (the planner moves workloads only off GPUs it empties, so
+    the moves' distinct source GPUs are the freed ones); freed hosts, saved watts and freed
+    GPUs without a measured idle power from that run's report JSON
+    (``<reports>/<UTC time>/findings.json``, ``consolidation``) when it is there and has the
+    same ``run_id`` — otherwise those stay unknown (not exported), never guessed."""
+    if not rows:
+        return None
+    run_id = str(rows[0]["run_id"])
+    generated = float(rows[0]["generated_ms"]) / 1000.0
+    if previous is not None and previous.run_id == run_id and previous.watts_saved is not None:
+        return previous  # the report JSON of this run was read already
+    moves = [r for r in rows if r["kind"] == "consolidation_move"]
+    sources: set[str] = set()
+    for r in moves:
+        try:
+            src = json.loads(r.get("evidence_json") or "{}").get("from_gpu")
+        except (ValueError, AttributeError):
+            src = None
+        sources.add(str(src) if src else f"{r.get('vcenter_uuid')}/{r['subject']}")
+    plan = PlanSummary(generated_at=generated, run_id=run_id, moves=len(moves), freed_gpus=len(sources))
+    doc = _report_plan(reports, generated, run_id) if reports is not None else None
+    if doc is None:
+        return plan
+    try:
+        return PlanSummary(
+            generated_at=generated, run_id=run_id, moves=len(doc["moves"]), freed_gpus=len(doc["freed_gpus"]),
+            freed_hosts=len(doc["freed_hosts"]), watts_saved=float(doc["watts_saved"]),
+            unmeasured_freed_gpus=int(doc.get("unmeasured_freed_gpus") or 0),
+        )
+    except (KeyError, TypeError, ValueError):
+        log.warning("report JSON of analytics run %s: unexpected consolidation section; using the findings only",
+                    run_id)
+        return plan
+
+
+def _report_plan(reports: Path, generated: float, run_id: str) -> dict[str, Any] | None:
+    # the report names its directory after generated_at to the second; the stored timestamp has
+    # ms precision, so look at that second and the one before (rounding)
+    for t in (generated, generated - 0.001):
+        name = dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        path = reports / name / "findings.json"
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and doc.get("run_id") == run_id and isinstance(doc.get("consolidation"), dict):
+            return doc["consolidation"]  # type: ignore[no-any-return]
+    return None
 
 
 _LATEST = {

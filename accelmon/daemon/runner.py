@@ -115,7 +115,8 @@ class SourceRunner:
             if key not in self._seen_object_errors and len(self._seen_object_errors) < 200:
                 self._seen_object_errors.add(key)
                 log.warning("%s %s: %s", self.job_name, self.target, REDACTOR.apply(err))
-        self.state.apply(res.tables)
+        row_dicts = getattr(res, "row_dicts", None)  # rows a batching sink converts at its flush
+        self.state.apply({**res.tables, **row_dicts} if row_dicts else res.tables)
         self.state.count_written(self.kind, res.rows)
         if was_failing:
             down = now - failing_since if failing_since else 0.0

@@ -23,7 +23,7 @@ from accelmon.collector import registry
 from accelmon.collector.base import CollectResult, Source
 from accelmon.collector.discovery import agent_targets
 from accelmon.config import Config
-from accelmon.daemon import housekeeping
+from accelmon.daemon import housekeeping, vmotion_history
 from accelmon.daemon.buffer import DirectSink, WriteBuffer
 from accelmon.daemon.pool import DaemonPoolExecutor
 from accelmon.daemon.runner import JobRunner, SourceRunner, summarize
@@ -61,9 +61,13 @@ class Daemon:
         self.store = store
         store.gc_grace_seconds = cfg.retention.gc_grace
         self.state = DaemonState(stale_after_s=max(3 * cfg.agents.scrape_interval, 30.0))
+        self.state.data_dir = str(store.root)
+        self.reports_dir = housekeeping.reports_dir(store, cfg)
         self.buffer = WriteBuffer(
-            store, on_flushed=self._on_flushed, on_error=self._on_store_error, on_dropped=self._on_dropped
+            store, on_flushed=self._on_flushed, on_error=self._on_store_error, on_dropped=self._on_dropped,
+            on_invalid=self._on_invalid,
         )
+        self._invalid_seen: set[str] = set()
         self.direct = DirectSink(store, on_flushed=self._on_flushed, on_error=self._on_store_error)
         self.source_workers = source_workers
         self.runners: dict[str, SourceRunner] = {}
@@ -105,6 +109,13 @@ class Daemon:
     def _on_dropped(self, n: int) -> None:
         self.state.store.rows_dropped_total += n
         log.warning("store: write buffer full, dropped the %d oldest buffered rows", n)
+
+    def _on_invalid(self, table: str, n: int, e: BaseException) -> None:
+        self.state.store.rows_dropped_total += n
+        msg = summarize(e)
+        if msg not in self._invalid_seen and len(self._invalid_seen) < 100:
+            self._invalid_seen.add(msg)
+            log.warning("store: dropped %d %s row(s) of one poll that do not fit the schema: %s", n, table, msg)
 
     # ------------------------------------------------------------------ sources
     def _runner(self, kind: str, target: str, job: registry.SourceJob, src: Source | None, **kw: Any) -> SourceRunner:
@@ -230,11 +241,11 @@ class Daemon:
                                next_run_time=now + timedelta(seconds=30), misfire_grace_time=None, **hk)
         def findings() -> None:
             state.prune(time.time())
-            housekeeping.refresh_findings(store, state)
+            housekeeping.refresh_findings(store, state, self.reports_dir)
 
         self.scheduler.add_job(self._job("findings", findings),
-                               "interval", seconds=60, id="findings", next_run_time=now + timedelta(seconds=1),
-                               misfire_grace_time=None, **hk)
+                               "interval", seconds=cfg.intervals.findings, id="findings",
+                               next_run_time=now + timedelta(seconds=1), misfire_grace_time=None, **hk)
         if cfg.report.enabled:
             try:
                 from accelmon.report.schedule import add_report_job
@@ -251,7 +262,7 @@ class Daemon:
 
                         def report() -> None:
                             fn(*args, **kwargs)
-                            housekeeping.refresh_findings(store, state)
+                            housekeeping.refresh_findings(store, state, self.reports_dir)
 
                         job.modify(func=self._job("report", report), args=(), kwargs={},
                                    executor="housekeeping")
@@ -275,7 +286,14 @@ class Daemon:
         except Exception as e:  # noqa: BLE001
             log.warning("could not load the latest inventory from the store: %s", summarize(e))
         try:
-            housekeeping.refresh_findings(self.store, self.state)
+            n = vmotion_history.load(self.store, self.state)
+            if n:
+                log.info("vMotion counters continue from the store: %d migration(s) recorded", n)
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not load the vMotion history from the store; its counters start at 0: %s",
+                        summarize(e))
+        try:
+            housekeeping.refresh_findings(self.store, self.state, self.reports_dir)
         except Exception as e:  # noqa: BLE001
             log.debug("findings not loaded: %s", summarize(e))
         self.build_static_sources()

@@ -1,7 +1,7 @@
 """The daemon's in-memory state: what /metrics shows, updated from each poll's rows.
 
-Sources hand back the rows they wrote (``CollectResult.tables``); :meth:`DaemonState.apply`
-folds them in, so a scrape never reads the store. Findings are the exception: they are
+Sources hand back the rows they wrote (``CollectResult.tables``, or row dicts for sources
+whose rows the write buffer batches); :meth:`DaemonState.apply` folds them in, so a scrape never reads the store. Findings are the exception: they are
 re-read from the store's ``latest_findings`` view by a job (they change once a day).
 
 All methods are thread-safe (one lock; updates are short). Readers take a consistent
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -25,10 +25,16 @@ from accelmon.collector.discovery import AgentRecord, GpuJoin, VmRecord, join_ag
 SOURCE_PRIORITY = {"agent": 0, "dcgm": 1, "nvidia_gpu_exporter": 2, "prometheus": 3, "simulation": 4, "import": 5}
 
 
-def _rows(t: pa.Table | None) -> list[dict[str, Any]]:
-    if t is None or t.num_rows == 0:
+Rows = pa.Table | Sequence[dict[str, Any]]
+
+
+def _rows(t: Rows | None) -> list[dict[str, Any]]:
+    """Row dicts of a table (row dicts given as such are shared, never changed)."""
+    if t is None:
         return []
-    return t.to_pylist()
+    if isinstance(t, pa.Table):
+        return t.to_pylist() if t.num_rows else []
+    return list(t)
 
 
 def _ts(v: Any) -> float:
@@ -115,6 +121,20 @@ class VmMigrations:
     failed_total: int = 0
     stun_seconds_total: float = 0.0
     last_stun_seconds: float | None = None
+    last_stun_ended_at: float = 0.0  # end time of the vMotion last_stun_seconds belongs to
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """The consolidation plan of the latest analytics run (see housekeeping.plan_summary)."""
+
+    generated_at: float
+    run_id: str
+    moves: int
+    freed_gpus: int
+    freed_hosts: int | None = None  # None: not known (the run's report JSON was not found)
+    watts_saved: float | None = None
+    unmeasured_freed_gpus: int | None = None
 
 
 @dataclass
@@ -140,6 +160,8 @@ class Snapshot:
     store: StoreHealth
     samples_written: dict[tuple[str, str], int]
     version: int
+    data_dir: str | None = None
+    plan: PlanSummary | None = None
 
 
 class DaemonState:
@@ -164,6 +186,8 @@ class DaemonState:
         self._seen_migrations: set[tuple[Any, ...]] = set()
         self._stun: dict[tuple[str, str], Histogram] = {}
         self._findings: list[dict[str, Any]] = []
+        self._plan: PlanSummary | None = None
+        self.data_dir: str | None = None  # the store's directory (free/size bytes at scrape time)
         self._sources: dict[tuple[str, str], SourceHealth] = {}
         self._jobs: dict[str, JobHealth] = {}
         self.store = StoreHealth()
@@ -204,8 +228,8 @@ class DaemonState:
                 self._written[(kind, t)] = self._written.get((kind, t), 0) + int(n)
 
     # ------------------------------------------------------------------ apply rows
-    def apply(self, tables: Mapping[str, pa.Table]) -> None:
-        """Fold the rows one poll wrote into the state."""
+    def apply(self, tables: Mapping[str, Rows]) -> None:
+        """Fold the rows one poll wrote into the state (Arrow tables or row dicts)."""
         if not tables:
             return
         with self._lock:
@@ -230,14 +254,16 @@ class DaemonState:
             if "vmotion" in tables:
                 self._apply_vmotion(_rows(tables["vmotion"]))
 
-    def _apply_gpu_sample(self, t: pa.Table) -> None:
-        if t.num_rows == 0:
-            return
-        cols = {c: t.column(c).to_pylist() for c in t.column_names}
-        names = list(cols)
-        for i in range(t.num_rows):
-            row = {c: cols[c][i] for c in names}
-            row["ts"] = _ts(row["ts"])
+    def _apply_gpu_sample(self, t: Rows) -> None:
+        if isinstance(t, pa.Table):
+            cols = {c: t.column(c).to_pylist() for c in t.column_names}
+            names = list(cols)
+            rows: Iterable[dict[str, Any]] = ({c: cols[c][i] for c in names} for i in range(t.num_rows))
+        else:
+            rows = t
+        for row in rows:
+            if not isinstance(row["ts"], float):
+                row = {**row, "ts": _ts(row["ts"])}
             per = self._gpu.setdefault(row["gpu_uuid"], {})
             old = per.get(row["source"])
             if old is None or row["ts"] >= old["ts"]:
@@ -323,12 +349,35 @@ class DaemonState:
             stun = r.get("stun_seconds")
             if stun is not None:
                 m.stun_seconds_total += float(stun)
-                m.last_stun_seconds = float(stun)
+                if key[3] >= m.last_stun_ended_at:  # rows may come in any order (start-up load)
+                    m.last_stun_seconds = float(stun)
+                    m.last_stun_ended_at = key[3]
                 hk = (r["vcenter_uuid"], r.get("cluster_name") or "")
                 h = self._stun.get(hk)
                 if h is None:
                     h = self._stun[hk] = Histogram(STUN_BUCKETS)
                 h.observe(float(stun))
+
+    def add_vmotion_totals(self, vms: Mapping[tuple[str, str], VmMigrations],
+                           clusters: Mapping[tuple[str, str], Histogram]) -> None:
+        """Add totals of migrations no longer in the store (see accelmon.daemon.vmotion_history)."""
+        with self._lock:
+            for k, v in vms.items():
+                m = self._migrations.setdefault(k, VmMigrations())
+                m.succeeded_total += v.succeeded_total
+                m.failed_total += v.failed_total
+                m.stun_seconds_total += v.stun_seconds_total
+                if m.last_stun_seconds is None:
+                    m.last_stun_seconds = v.last_stun_seconds
+            for k, h in clusters.items():
+                if h.buckets != STUN_BUCKETS:
+                    continue  # buckets changed since the carry was written: cannot be merged
+                cur = self._stun.get(k)
+                if cur is None:
+                    cur = self._stun[k] = Histogram(STUN_BUCKETS)
+                cur.counts = [a + b for a, b in zip(cur.counts, h.counts, strict=True)]
+                cur.total += h.total
+                cur.n += h.n
 
     def forget_agent(self, url: str) -> None:
         """An agent no longer polled (its VM is gone): drop its identity and join."""
@@ -344,9 +393,10 @@ class DaemonState:
             for k in [k for k, v in self._nvlink.items() if now - v[0] > older_than_s]:
                 del self._nvlink[k]
 
-    def set_findings(self, rows: list[dict[str, Any]]) -> None:
+    def set_findings(self, rows: list[dict[str, Any]], plan: PlanSummary | None = None) -> None:
         with self._lock:
             self._findings = rows
+            self._plan = plan
 
     # ------------------------------------------------------------------ join
     def _rejoin(self) -> None:
@@ -429,6 +479,8 @@ class DaemonState:
                 ),
                 samples_written=dict(self._written),
                 version=self.version,
+                data_dir=self.data_dir,
+                plan=self._plan,
             )
 
     def gpu_uuids(self) -> Iterable[str]:

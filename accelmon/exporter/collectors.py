@@ -9,6 +9,7 @@ cluster are never labels of sample series - they live in ``accelmon_vm_placement
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from accelmon import __version__
 from accelmon.collector.discovery import GpuJoin, VmRecord
-from accelmon.daemon.state import DaemonState, Snapshot
+from accelmon.daemon.state import DaemonState, PlanSummary, Snapshot
 from accelmon.exporter.family import FastFamily, label_string
 
 GPU_LABELS = ("gpu_uuid", "vm_name", "vm_uuid", "vcenter")
@@ -241,6 +242,42 @@ class VmCollector(Collector):
             a = s.agents[url]
             joined.add([url, a.hostname or "", a.vm_bios_uuid], 1.0 if s.agent_joined.get(url) else 0.0)
         yield from (place, devs, pw, en, mig, migf, stun, last, numa, hist, hpw, hen, joined)
+        yield from _plan_families(s.plan)
+
+
+def _data_dir_families(data_dir: str | None) -> Iterator[Metric]:
+    """Free and total bytes of the data dir's file system, read at scrape time (``statvfs``;
+    free = available to the daemon's user, as node_exporter's ``node_filesystem_avail_bytes``)."""
+    if not data_dir:
+        return
+    try:
+        st = os.statvfs(data_dir)
+    except OSError:
+        return  # not there (yet): no value rather than a wrong one
+    yield G("accelmon_data_dir_free_bytes", "Bytes available to the daemon on the data dir's file system.",
+            value=float(st.f_bavail * st.f_frsize))
+    yield G("accelmon_data_dir_size_bytes", "Size of the data dir's file system in bytes.",
+            value=float(st.f_blocks * st.f_frsize))
+
+
+def _plan_families(p: PlanSummary | None) -> Iterator[Metric]:
+    """The latest analytics run's consolidation plan (fleet-wide gauges; absent before any run)."""
+    if p is None:
+        return
+    yield G("accelmon_consolidation_moves", "VM moves in the latest consolidation plan.", value=p.moves)
+    yield G("accelmon_consolidation_freed_gpus", "Physical GPUs the latest consolidation plan frees.",
+            value=p.freed_gpus)
+    if p.freed_hosts is not None:
+        yield G("accelmon_consolidation_freed_hosts", "Hosts left without GPU workloads by the latest plan.",
+                value=p.freed_hosts)
+    if p.watts_saved is not None:
+        yield G("accelmon_consolidation_saved_power_watts",
+                "Measured idle power of the GPUs the latest consolidation plan frees.", value=p.watts_saved)
+    if p.unmeasured_freed_gpus is not None:
+        yield G("accelmon_consolidation_unmeasured_freed_gpus",
+                "Freed GPUs without a measured idle power (not in the saved power).", value=p.unmeasured_freed_gpus)
+    yield G("accelmon_consolidation_plan_timestamp_seconds", "When the analytics run that made the plan ran.",
+            value=p.generated_at)
 
 
 def _le(b: float) -> str:
@@ -299,6 +336,7 @@ class SelfCollector(Collector):
                 "could not be written.", value=st.rows_dropped_total)
         yield G("accelmon_store_last_flush_timestamp_seconds", "When the write buffer was last flushed.",
                 value=st.last_flush_ts)
+        yield from _data_dir_families(s.data_dir)
         yield C("accelmon_store_compactions", "Partitions compacted.", value=st.compactions_total)
         yield C("accelmon_store_partitions_dropped", "Partitions dropped by retention.",
                 value=st.partitions_dropped_total)

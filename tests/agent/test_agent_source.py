@@ -109,8 +109,9 @@ def test_garbage_and_non_agents_write_nothing(fake_http, tmp_path: Path) -> None
     beh.body = (b'accelmon_agent_info{vm_bios_uuid="x"} 1\n'
                 b'accelmon_gpu_up{UUID="GPU-a",gpu="0"} 1\n'
                 b'accelmon_gpu_busy_seconds_total{UUID="GPU-a",gpu="0"} 1e30\n')
-    with pytest.raises(Exception):  # noqa: B017 - int64 overflow in the row builder / arrow cast
+    with pytest.raises(ScrapeError, match="does not fit the store's 64-bit column") as ei:
         src.collect(store)
+    assert str(ei.value).startswith(src.target)
     for t in ("gpu_sample", "nvlink_sample", "agent_gpu"):
         assert count(store, t) == 0
 
