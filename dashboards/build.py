@@ -113,6 +113,14 @@ def stat(title: str, expr: str, unit: str = "none", desc: str = "", *, time_from
                 thresholds=[{"color": "green", "value": None}], noValue="0" if "vector(0)" in expr else "no data")
 
 
+def multi_stat(title: str, pairs: list[tuple[str, str]], unit: str = "none", desc: str = "") -> Stat:
+    """One stat panel showing several instant values side by side, each with its name."""
+    tgts = [target(e, legend, instant=True, ref=chr(ord("A") + i)) for i, (e, legend) in enumerate(pairs)]
+    return Stat(title=title, description=desc, dataSource=DS, targets=tgts, format=unit, reduceCalc="lastNotNull",
+                graphMode="none", textMode="value_and_name", orientation="vertical",
+                thresholds=[{"color": "green", "value": None}], noValue="no data")
+
+
 def series(title: str, tgts: list[Target], unit: str = "none", desc: str = "", *, stack: bool = False,
            fill: int = 10) -> TimeSeries:
     return TimeSeries(title=title, description=desc, dataSource=DS, targets=tgts, unit=unit, fillOpacity=fill,
@@ -143,12 +151,12 @@ def fleet() -> Dashboard:
     L.add(stat("Underutilized (analytics)", f"sum({m('accelmon_gpu_underutilized')})",
                desc="GPUs the latest analytics run found under the threshold over its window (default 15 %, 7 d)."),
           4, 4)
-    L.add(stat("Plan: power of underutilized GPUs", f"sum({m('accelmon_gpu_power_watts')} and on(gpu_uuid) "
-               f"({m('accelmon_gpu_underutilized')} == 1))", "watt",
-               desc="What consolidating the underutilized GPUs could save at most: their current board power. "
-               "The report's consolidation plan gives the exact moves and savings."), 4, 4)
+    L.add(stat("Plan: power saved", "sum(accelmon_consolidation_saved_power_watts)", "watt",
+               desc="Measured idle power of the GPUs the latest consolidation plan frees (all daemons; the plan "
+               "covers the whole estate, so the vCenter/cluster filters do not apply). Freed GPUs without a "
+               "measured idle power are not in it. The report lists the moves."), 4, 4)
     L.add(stat("Idle GPU-hours today", f"sum(increase({m('accelmon_gpu_idle_seconds_total')}[$__range])) / 3600",
-               "h", desc="Hours the driver saw the GPUs idle since midnight.", time_from="now/d", decimals=1), 6, 4)
+               "h", desc="Hours the driver saw the GPUs idle since midnight.", time_from="now/d", decimals=1), 5, 4)
     L.add(stat("Idle energy today",
                f"sum(increase({m('accelmon_gpu_energy_joules_total')}[$__range]) * "
                f"(increase({m('accelmon_gpu_idle_seconds_total')}[$__range]) / "
@@ -156,9 +164,15 @@ def fleet() -> Dashboard:
                f"increase({m('accelmon_gpu_busy_seconds_total')}[$__range])))) / 3600000", "kwatth",
                desc="Energy since midnight times each GPU's idle share (an estimate; the report computes it per "
                "sample). vGPU guests report no energy: see VM power in the VM & host dashboard.",
-               time_from="now/d", decimals=2), 6, 4)
-    L.add(stat("GPUs reporting", f"count({m('accelmon_gpu_last_sample_timestamp_seconds')})"), 6, 4)
-    L.add(stat("VMs with GPUs", f"count({PLACEMENT}{{{VM_SEL}}})"), 6, 4)
+               time_from="now/d", decimals=2), 5, 4)
+    L.add(stat("GPUs reporting", f"count({m('accelmon_gpu_last_sample_timestamp_seconds')})"), 4, 4)
+    L.add(stat("VMs with GPUs", f"count({PLACEMENT}{{{VM_SEL}}})"), 4, 4)
+    L.add(multi_stat("Plan: moves and what they free", [
+        ("sum(accelmon_consolidation_moves)", "VM moves"),
+        ("sum(accelmon_consolidation_freed_gpus)", "GPUs freed"),
+        ("sum(accelmon_consolidation_freed_hosts)", "hosts freed"),
+    ], desc="The latest consolidation plan (analytics run; all daemons): VM moves, and the GPUs and hosts "
+        "they empty. The report lists each move with its vGPU profile and NUMA affinity."), 6, 4)
     L.row("Utilization")
     L.add(series("Fleet busy share", targets(
         (f"avg({busy_share('$__rate_interval')})", "fleet"),

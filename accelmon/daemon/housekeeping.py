@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,8 @@ def reports_dir(store: Store, cfg: Config) -> Path:
 
 
 def refresh_findings(store: Store, state: DaemonState, reports: Path | None = None) -> int:
-    """Re-read ``latest_findings`` (the findings gauges) and the latest consolidation plan."""
+    """Re-read ``latest_findings`` (the findings gauges) and the latest consolidation plan; the
+    plan's report JSON is looked for under ``reports`` and the data dir."""
     con = store.connect(threads=1)
     try:
         rows = con.execute(
@@ -86,19 +88,19 @@ def refresh_findings(store: Store, state: DaemonState, reports: Path | None = No
         con.close()
     keys = ("kind", "subject", "vcenter_uuid", "value", "reason", "evidence_json", "run_id", "generated_ms")
     found = [dict(zip(keys, r, strict=True)) for r in rows]
-    snap_plan = state.snapshot().plan
-    state.set_findings(found, plan_summary(found, reports, snap_plan))
+    roots = [p for p in dict.fromkeys([reports, store.root]) if p is not None]
+    state.set_findings(found, plan_summary(found, roots, state.plan))
     return len(found)
 
 
-def plan_summary(rows: list[dict[str, Any]], reports: Path | None,
+def plan_summary(rows: list[dict[str, Any]], reports: list[Path],
                  previous: PlanSummary | None = None) -> PlanSummary | None:
     """The consolidation plan of the latest run: moves and freed GPUs from its
     ``consolidation_move`` findings (the planner moves workloads only off GPUs it empties, so
     the moves' distinct source GPUs are the freed ones); freed hosts, saved watts and freed
-    GPUs without a measured idle power from that run's report JSON
-    (``<reports>/<UTC time>/findings.json``, ``consolidation``) when it is there and has the
-    same ``run_id`` — otherwise those stay unknown (not exported), never guessed."""
+    GPUs without a measured idle power from that run's report JSON (``consolidation``; see
+    :func:`_report_plan`) when one with the same ``run_id`` is found — otherwise those stay
+    unknown (not exported), never guessed."""
     if not rows:
         return None
     run_id = str(rows[0]["run_id"])
@@ -114,7 +116,7 @@ def plan_summary(rows: list[dict[str, Any]], reports: Path | None,
             src = None
         sources.add(str(src) if src else f"{r.get('vcenter_uuid')}/{r['subject']}")
     plan = PlanSummary(generated_at=generated, run_id=run_id, moves=len(moves), freed_gpus=len(sources))
-    doc = _report_plan(reports, generated, run_id) if reports is not None else None
+    doc = _report_plan(reports, generated, run_id) if reports else None
     if doc is None:
         return plan
     try:
@@ -129,47 +131,33 @@ def plan_summary(rows: list[dict[str, Any]], reports: Path | None,
         return plan
 
 
-def _report_plan(reports: Path, generated: float, run_id: str) -> dict[str, Any] | None:
-    # the report names its directory after generated_at to the second; the stored timestamp has
-    # ms precision, so look at that second and the one before (rounding)
-    for t in (generated, generated - 0.001):
-        name = dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        path = reports / name / "findings.json"
+_RUN_ID_RE = re.compile(r'"run_id"\s*:\s*"([^"]*)"')
+
+
+def _report_plan(roots: list[Path], generated: float, run_id: str) -> dict[str, Any] | None:
+    """The ``consolidation`` section of the report JSON of run ``run_id``: first where the daily
+    report names it (``<reports>/<UTC time of the run>/findings.json``; the stored time has ms
+    precision, so that second and the one before), then any ``*/findings.json`` one level below
+    the given roots (``accelmon report --out <data dir>/<name>``, as the demo does), recognised by
+    the ``run_id`` at the top of the file (read in full only on a match)."""
+    named = [roots[0] / dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y%m%dT%H%M%SZ") / "findings.json"
+             for t in (generated, generated - 0.001)] if roots else []
+    others: list[Path] = []
+    for root in roots:
+        try:
+            others += sorted(root.glob("*/findings.json"))[-100:]
+        except OSError:
+            continue
+    for path in dict.fromkeys([*named, *others]):
         try:
             with open(path, encoding="utf-8") as f:
+                m = _RUN_ID_RE.search(f.read(4096))
+                if m is None or m.group(1) != run_id:
+                    continue
+                f.seek(0)
                 doc = json.load(f)
         except (OSError, ValueError):
             continue
         if isinstance(doc, dict) and doc.get("run_id") == run_id and isinstance(doc.get("consolidation"), dict):
             return doc["consolidation"]  # type: ignore[no-any-return]
     return None
-
-
-_LATEST = {
-    "inv_vcenter": "SELECT * EXCLUDE (date) FROM inv_vcenter "
-    "QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)",
-    "inv_host": "SELECT * EXCLUDE (date) FROM inv_host "
-    "QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)",
-    "inv_vm": "SELECT * EXCLUDE (date) FROM inv_vm "
-    "QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)",
-    "inv_vm_gpu": "SELECT * EXCLUDE (date) FROM inv_vm_gpu "
-    "QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)",
-    "agent_gpu": "SELECT * EXCLUDE (date) FROM agent_gpu QUALIFY ts = max(ts) OVER (PARTITION BY agent_url)",
-}
-
-
-def load_latest_inventory(store: Store, state: DaemonState) -> dict[str, int]:
-    """Seed the state with the store's latest inventory snapshot and agent identities."""
-    con = store.connect(threads=1)
-    out: dict[str, int] = {}
-    try:
-        tables = {}
-        for name, sql in _LATEST.items():
-            t = _arrow(con, sql)
-            if t.num_rows:
-                tables[name] = t
-                out[name] = t.num_rows
-    finally:
-        con.close()
-    state.apply(tables)
-    return out

@@ -393,6 +393,11 @@ class DaemonState:
             for k in [k for k, v in self._nvlink.items() if now - v[0] > older_than_s]:
                 del self._nvlink[k]
 
+    @property
+    def plan(self) -> PlanSummary | None:
+        with self._lock:
+            return self._plan
+
     def set_findings(self, rows: list[dict[str, Any]], plan: PlanSummary | None = None) -> None:
         with self._lock:
             self._findings = rows

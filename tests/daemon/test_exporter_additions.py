@@ -92,7 +92,14 @@ def test_consolidation_plan_gauges_from_the_latest_run(tmp_path: Path) -> None:
     st2 = DaemonState()
     housekeeping.refresh_findings(store, st2, reports)
     assert _one(_metrics(st2), "accelmon_consolidation_saved_power_watts") is None
-    # a plan that moves nothing is a plan: zeros, not absent
+    # a report written elsewhere in the data dir (accelmon report --out <data dir>/report, as the demo does)
+    (tmp_path / "d" / "report").mkdir()
+    (tmp_path / "d" / "report" / "findings.json").write_text(
+        json.dumps({"schema_version": 1, "run_id": "r2", "consolidation": {**plan, "watts_saved": 77.0}}, indent=1))
+    st3 = DaemonState()
+    housekeeping.refresh_findings(store, st3, reports)
+    assert _one(_metrics(st3), "accelmon_consolidation_saved_power_watts") == 77.0
+        # a plan that moves nothing is a plan: zeros, not absent
     later = now + dt.timedelta(days=1)
     store.append("findings", [_finding("r3", later, "underutilized", "GPU-1")])
     housekeeping.refresh_findings(store, st2, reports)

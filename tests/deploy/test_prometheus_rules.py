@@ -78,6 +78,8 @@ def test_every_alert_is_tested_firing_and_not_firing() -> None:
     ('le="10.0"', 'le="20.0"'),
     ("> 0.95 * 86400", "> 0.25 * 86400"),
     ('source=~"vcenter.*"', 'source=~".*"'),
+    (") < 0.10", ") < 0.50"),  # data dir near full
+    ("accelmon_data_dir_free_bytes\n", "accelmon_data_dir_size_bytes\n"),
 ])
 def test_unit_tests_catch_a_broken_rule(tmp_path: Path, mutation: tuple[str, str]) -> None:
     old, new = mutation
