@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import threading
 from types import FrameType
@@ -16,10 +17,30 @@ from accelmon.store.writer import Store
 log = logging.getLogger("accelmon.daemon")
 
 
+def raise_fd_limit(want: int = 65536) -> tuple[int, int]:
+    """Raise the soft open-files limit towards the hard one (as Go programs do at start).
+
+    The daemon keeps one kept-alive connection per agent: 2,000 agents need 2,000 sockets, and a
+    systemd service starts with a soft limit of 1,024. Returns (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, e)
+            return soft, soft
+        return soft, target
+    return soft, soft
+
+
 def run_daemon(cfg: Config, store: Store, *, once: bool = False) -> int:
     """Run the daemon until SIGTERM/SIGINT (or, with ``once``, poll every source one time,
     flush and return). Returns the process exit code."""
     redact.install(cfg)
+    before, after = raise_fd_limit()
+    if after != before:
+        log.debug("open-files limit raised from %d to %d", before, after)
     daemon = Daemon(cfg, store)
     if once:
         daemon.prepare()
