@@ -161,3 +161,33 @@ def _report_plan(roots: list[Path], generated: float, run_id: str) -> dict[str, 
         if isinstance(doc, dict) and doc.get("run_id") == run_id and isinstance(doc.get("consolidation"), dict):
             return doc["consolidation"]  # type: ignore[no-any-return]
     return None
+
+
+_LATEST = {
+    "inv_vcenter": "SELECT * EXCLUDE (date) FROM inv_vcenter "
+    "QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)",
+    "inv_host": "SELECT * EXCLUDE (date) FROM inv_host "
+    "QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)",
+    "inv_vm": "SELECT * EXCLUDE (date) FROM inv_vm "
+    "QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)",
+    "inv_vm_gpu": "SELECT * EXCLUDE (date) FROM inv_vm_gpu "
+    "QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)",
+    "agent_gpu": "SELECT * EXCLUDE (date) FROM agent_gpu QUALIFY ts = max(ts) OVER (PARTITION BY agent_url)",
+}
+
+
+def load_latest_inventory(store: Store, state: DaemonState) -> dict[str, int]:
+    """Seed the state with the store's latest inventory snapshot and agent identities."""
+    con = store.connect(threads=1)
+    out: dict[str, int] = {}
+    try:
+        tables = {}
+        for name, sql in _LATEST.items():
+            t = _arrow(con, sql)
+            if t.num_rows:
+                tables[name] = t
+                out[name] = t.num_rows
+    finally:
+        con.close()
+    state.apply(tables)
+    return out
