@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from accelmon.daemon.state import STUN_BUCKETS, DaemonState
 from accelmon.exporter.prometheus_server import check_metrics, parse_samples
 from accelmon.exporter.server import MetricsApp
 from accelmon.store import Store
+
+from .helpers import inventory_tables
 
 
 def _metrics(st: DaemonState) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -157,10 +160,12 @@ def test_vmotion_counters_continue_across_restart_and_retention(tmp_path: Path) 
     assert len(c[5]) == len(STUN_BUCKETS)
 
 
-def test_daemon_start_loads_vmotion_history_and_findings_interval(tmp_path: Path) -> None:
+def test_daemon_start_loads_history_and_findings_interval(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = Store(tmp_path / "d")
     now = dt.datetime.now(dt.UTC)
     store.append("vmotion", [_vmotion("vm-1", now - dt.timedelta(hours=1), 1, 2.0)])
+    for name, t in inventory_tables(2).items():
+        store.append(name, t)
     cfg = parse({"report": {"enabled": False}, "agents": {"discovery": False}, "sources": {"vcenter": False},
                  "intervals": {"findings": "7m"}}, "<test>", env={})
     d = Daemon(cfg, store)
@@ -171,6 +176,9 @@ def test_daemon_start_loads_vmotion_history_and_findings_interval(tmp_path: Path
         assert job.trigger.interval.total_seconds() == 7 * 60
         s = d.state.snapshot()
         assert s.migrations[("vc-1", "vm-1")].succeeded_total == 1
+        # the latest inventory too: joins and discovery work before vCenter answers
+        assert sorted(v.vm_name for v in d.state.vms()) == ["gpu-vm-0", "gpu-vm-1"]
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
         assert s.data_dir == str(store.root)
     finally:
         d.stop()
