@@ -3,14 +3,17 @@
     python bench/daemon_scale.py [--vms 2000] [--farms 2] [--workers 32]
 
 * vcsim (the seeded govmomi simulator, TLS) with ``--vms`` VMs, all with GPUs.
-* ``--farms`` agent-farm processes on loopback serve the simulated agents (accelmon's real
-  guest agent code over the simulated NVML, one agent per VM, reporting that VM's BIOS UUID),
-  each agent at ``http://127.0.0.1:<farm port>/a/<i>/metrics``. Agents poll NVML before each
-  cycle (as real agents do on their own machines), so the farms only serve bytes during it.
-* The daemon (accelmon.daemon.service.Daemon, in this process) with every agent as a static
-  target, the real vCenter source and the real agent source, writing to a temporary store.
+  Its guest IPs are on loopback (``guest_ip_prefix="127."``: 127.32.x.y).
+* ``--farms`` agent-farm processes serve the simulated agents (accelmon's real guest agent code
+  over the simulated NVML, one agent per powered-on GPU VM, reporting that VM's BIOS UUID), each
+  on its VM's own guest IP at the agent port, ``http://<guest IP>:<port>/metrics``. Agents poll
+  NVML before each cycle (as real agents do on their own machines), so the farms only serve
+  bytes during it.
+* The daemon (accelmon.daemon.service.Daemon, in this process) with agent discovery on and no
+  static target: the real vCenter source finds the agents (GPU VMs' guest IPs), the real agent
+  source scrapes them, the join is by BIOS UUID; rows go to a temporary store.
 
-Cycle 1 is cold (vCenter first inventory, agent identities). Cycle 2, the measured one, is a
+Cycle 1 is cold (vCenter first inventory, discovery, agent identities). Cycle 2, the measured one, is a
 steady-state 10 s cycle: vCenter inventory delta + perf + events and every agent scraped, in
 parallel on the daemon's source pool, then the write buffer flushed. Then ``/metrics`` is
 fetched five times by curl (another process, as Prometheus is; urllib without curl), without
@@ -34,11 +37,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, wait
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,20 @@ def _agent_specs(manifest: dict[str, Any]) -> list[dict[str, Any]]:
                              "trace": "bursty_inference"})
             else:
                 gpus.append({"model": "A100-SXM4-40GB", "trace": "bursty_inference"})
-        out.append({"seed": i + 1, "vm_bios_uuid": vm["bios_uuid"], "hostname": vm["name"], "gpu": gpus})
+        out.append({"seed": i + 1, "vm_bios_uuid": vm["bios_uuid"], "hostname": vm["name"], "gpu": gpus,
+                    "ip": vm.get("ip")})
     return out
 
 
-def _farm(specs: list[dict[str, Any]], conn: Any) -> None:
-    """One farm process: build the agents, serve their last rendered /metrics, refresh on request."""
+def _farm(specs: list[dict[str, Any]], port: int, conn: Any) -> None:
+    """One farm process: build the agents, serve each one's last rendered /metrics on its VM's
+    guest IP (127.x, from vcsim's ``guest_ip_prefix``) at the agent port, refresh on request.
+
+    Served like the real agent (collector/agent/server.py): HTTP/1.1 keep-alive, headers and
+    body in one write (no Nagle/delayed-ACK stall), gzip level 1 when asked. One asyncio loop
+    with one listening socket per agent (a thread per connection would be 1,000 threads)."""
+    import asyncio
+
     from accelmon.collector.agent.agent import Agent
     from accelmon.collector.agent.identity import VmIdentity, swap_uuid_bytes
     from accelmon.collector.agent.metrics import make_registry, render
@@ -69,66 +78,60 @@ def _farm(specs: list[dict[str, Any]], conn: Any) -> None:
 
     agents = []
     for raw in specs:
-        sim = SimNVML(parse_spec(raw, "bench"))
+        sim = SimNVML(parse_spec({k: v for k, v in raw.items() if k != "ip"}, "bench"))
         u = raw["vm_bios_uuid"]
         a = Agent(sim, clock=sim.clock, poll_interval=10.0, sysfs_root=None, backend="simulated",
                   vm_identity=VmIdentity(raw["hostname"], u, swap_uuid_bytes(u), "simulated"))
         a.start()
         agents.append(a)
     regs = [make_registry(a) for a in agents]
-    bodies: list[bytes] = [b""] * len(agents)
+    plain: list[bytes] = [b""] * len(agents)
     gzipped: list[bytes] = [b""] * len(agents)
 
     def refresh() -> None:
         for i, a in enumerate(agents):
             a.poll_once()
-            bodies[i] = render(regs[i])
-            gzipped[i] = gzip.compress(bodies[i], compresslevel=1)
+            body = render(regs[i])
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+            gz = gzip.compress(body, compresslevel=1)
+            plain[i] = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+            gzipped[i] = head + b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(gz) + gz
 
-    class H(BaseHTTPRequestHandler):
-        # as the real agent's server (collector/agent/server.py): headers and body in one go
-        # (no Nagle/delayed-ACK stall), gzip level 1 when the client asks
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
-
-        def do_GET(self) -> None:  # noqa: N802
-            parts = self.path.split("/")
-            gz = "gzip" in (self.headers.get("Accept-Encoding") or "")
+    def handler(i: int) -> Any:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                body = (gzipped if gz else bodies)[int(parts[2])]
-            except (IndexError, ValueError):
-                self.send_response(404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            if gz:
-                self.send_header("Content-Encoding", "gzip")
-            self.end_headers()
-            self.wfile.write(body)
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    writer.write(gzipped[i] if b"gzip" in head.lower() else plain[i])
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError,
+                    asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+        return serve
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            pass
+    async def main() -> None:
+        servers = [await asyncio.start_server(handler(i), raw["ip"], port, backlog=64)
+                   for i, raw in enumerate(specs)]
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, refresh)
+        conn.send("ready")
+        while True:
+            cmd = await loop.run_in_executor(None, conn.recv)
+            if cmd == "refresh":
+                await loop.run_in_executor(None, refresh)
+                conn.send("ok")
+            else:
+                for srv in servers:
+                    srv.close()
+                conn.send("bye")
+                os._exit(0)  # open keep-alive connections need no goodbye
 
-    class S(ThreadingHTTPServer):
-        daemon_threads = True
-        request_queue_size = 1024
-
-    srv = S(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    refresh()
-    conn.send(srv.server_address[1])
-    while True:
-        cmd = conn.recv()
-        if cmd == "refresh":
-            refresh()
-            conn.send("ok")
-        else:
-            srv.shutdown()
-            conn.send("bye")
-            return
+    try:
+        asyncio.run(main())
+    except OSError as e:
+        conn.send(f"error: {e}")
 
 
 # ---------------------------------------------------------------------------- daemon side
@@ -183,49 +186,50 @@ def main() -> int:
     clusters = max(1, -(-hosts // 25))
     t = time.perf_counter()
     sim = Vcsim.start(clusters=clusters, hosts_per_cluster=-(-hosts // clusters), vms=args.vms,
-                      gpu_vm_ratio=1.0, seed=args.seed)
+                      gpu_vm_ratio=1.0, seed=args.seed, guest_ip_prefix="127.")
     print(f"vcsim: {args.vms} VMs on {clusters}x{-(-hosts // clusters)} hosts, started in "
           f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
     farms: list[tuple[Any, Any]] = []
     tmp = Path(tempfile.mkdtemp(prefix="accelmon-bench-"))
     try:
-        specs = _agent_specs(sim.manifest)
+        specs = [sp for sp in _agent_specs(sim.manifest) if sp["ip"]]
         t = time.perf_counter()
         ctx = mp.get_context("spawn")
         chunks = [specs[i :: args.farms] for i in range(args.farms)]
-        urls: list[str] = []
+        port = free_port()
         for chunk in chunks:
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_farm, args=(chunk, child), daemon=True)
+            p = ctx.Process(target=_farm, args=(chunk, port, child), daemon=True)
             p.start()
             farms.append((p, parent))
-        for (_p, conn), chunk in zip(farms, chunks, strict=True):
-            port = conn.recv()
-            urls += [f"http://127.0.0.1:{port}/a/{i}/metrics" for i in range(len(chunk))]
+        for _p, conn in farms:
+            msg = conn.recv()
+            if msg != "ready":
+                raise SystemExit(f"agent farm: {msg}")
         n_gpus = sum(len(s["gpu"]) for s in specs)
-        print(f"agents: {len(urls)} agents with {n_gpus} GPUs in {args.farms} farm process(es), "
-              f"ready in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        print(f"agents: {len(specs)} agents with {n_gpus} GPUs on their guest IPs, port {port}, in {args.farms} "
+              f"farm process(es), ready in {time.perf_counter() - t:.1f} s", file=sys.stderr)
 
         (tmp / "vc.pw").write_text(sim.password)
         cfg = parse({
             "vcenter": [{"name": "vc-bench", "url": sim.url, "user": sim.user, "password_file": str(tmp / "vc.pw"),
                          "ca_bundle": str(sim.ca_file), "timeout": "60s"}],
-            "agents": {"discovery": False, "static": urls, "scrape_interval": "10s", "timeout": "10s"},
+            "agents": {"discovery": True, "port": port, "scrape_interval": "10s", "timeout": "10s"},
             "report": {"enabled": False},
             "exporter": {"listen": f"127.0.0.1:{free_port()}"},
         }, "bench", env={})
         d = Daemon(cfg, Store(tmp / "data"), source_workers=args.workers)
         d.prepare()
         vc = [r for r in d.runners.values() if r.kind == "vcenter"]
-        agents = [r for r in d.runners.values() if r.kind == "agent"]
 
         t = time.perf_counter()
-        for r in vc:  # cold: first inventory (full), perf, events
+        for r in vc:  # cold: first inventory (full) and discovery, perf, events
             r()
         cold_vc = time.perf_counter() - t
+        agents = [r for r in d.runners.values() if r.kind == "agent"]
         cold, _, ok1 = _cycle(d, agents, args.workers)
-        print(f"cycle 1 (cold): vcenter {cold_vc:.2f} s, agents {cold:.2f} s ({ok1}/{len(agents)} ok)",
-              file=sys.stderr)
+        print(f"cycle 1 (cold): vcenter + discovery {cold_vc:.2f} s ({len(agents)} agents found), agents "
+              f"{cold:.2f} s ({ok1}/{len(agents)} ok)", file=sys.stderr)
 
         for _p, conn in farms:
             conn.send("refresh")
