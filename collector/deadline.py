@@ -58,7 +58,13 @@ def _run() -> None:
                     _active.discard(i)
                     break
                 _lock.wait(wait)
-        try:
-            fn()
-        except Exception:  # noqa: BLE001, S110 - a callback must never kill the watchdog
-            pass
+        # an expired deadline is rare (a hung target); its callback may block briefly (closing a
+        # response waits for the reader), so it gets its own thread and never delays the others
+        threading.Thread(target=_call, args=(fn,), name="accelmon-deadline-fired", daemon=True).start()
+
+
+def _call(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:  # noqa: BLE001, S110 - best effort
+        pass
