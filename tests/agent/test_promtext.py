@@ -4,7 +4,6 @@ same samples on everything the agent and the supported exporters emit, and clean
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -141,8 +140,7 @@ def test_garbage_is_rejected_with_the_line(text: str, what: str) -> None:
     "x{ " + 'a = "b" , ' * 100_000,
     "x" + " " * 200_000 + "{",
 ])
-def test_linear_time_on_hostile_lines(evil: str) -> None:
-    t0 = time.process_time()
+def test_hostile_lines_are_rejected(evil: str) -> None:
+    # No timing assertion (benchmarks live in bench/); a backtracking regex would make this hang.
     with pytest.raises(PromTextError):
         parse(evil)
-    assert time.process_time() - t0 < 5.0  # a guard, not a benchmark: a backtracking regex takes minutes
