@@ -298,6 +298,11 @@ class Daemon:
             log.debug("findings not loaded: %s", summarize(e))
         self.build_static_sources()
         self.sync_agents()
+        if not self.cfg.vcenter and not self.cfg.agents.static and not self.cfg.dcgm \
+                and not self.cfg.nvidia_gpu_exporter:
+            log.warning("%s: no sources configured: add [[vcenter]], agents.static, [[dcgm]] or "
+                        "[[nvidia_gpu_exporter]] (see deploy/accelmon.toml); only housekeeping runs",
+                        self.cfg.source_file)
 
     def start(self) -> None:
         self.scheduler = BackgroundScheduler(
