@@ -306,16 +306,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as e:  # click usage errors and store errors
-        import click
-
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as e:  # usage errors (click's, vendored by typer) and store errors
         from accelmon.store.writer import StoreError
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
+        show, code = getattr(e, "show", None), getattr(e, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
         if isinstance(e, StoreError):
             typer.echo(f"accelmon: {e}", err=True)
             sys.exit(2)
