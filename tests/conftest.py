@@ -1,12 +1,15 @@
-"""Shared fixtures. vcsim: the seeded govmomi vCenter simulator (accelmon.sim.vcsim)."""
+"""Shared fixtures: the seeded govmomi vCenter simulator (accelmon.sim.vcsim) and the real
+Prometheus server (Debian package `prometheus`), each started by the tests on a free port."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from accelmon.exporter.prometheus_server import PrometheusServer
 from accelmon.sim.vcsim import Vcsim
 
 SMALL_ESTATE = {"clusters": 2, "hosts_per_cluster": 3, "vms": 60, "seed": 1}
@@ -40,3 +43,18 @@ def vcsim_factory() -> Iterator[Callable[..., Vcsim]]:
     finally:
         for sim in started:
             sim.stop()
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., PrometheusServer]]:
+    """Start real Prometheus servers scraping ``targets``; all stopped (by pid) after the test."""
+    servers: list[PrometheusServer] = []
+
+    def make(targets: list[str] | None = None, **kw: Any) -> PrometheusServer:
+        s = PrometheusServer(targets or [], workdir=tmp_path / f"prom{len(servers)}", **kw)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.stop()
