@@ -276,10 +276,14 @@ def write_tables(store: Store, tables: dict[str, pa.Table]) -> CollectResult:
     return res
 
 
-class AgentSource:
-    """Scrapes one accelmon agent. ``name = "agent"``; ``target`` is the URL without credentials."""
+class MetricsEndpointSource:
+    """A source that scrapes one Prometheus-text ``/metrics`` endpoint (accelmon agent,
+    dcgm-exporter, nvidia_gpu_exporter): bounded fetch, parse to rows, all-or-nothing append.
 
-    name = "agent"
+    Subclasses implement ``_rows(text, scraped_at)``; its ``agent_gpu`` rows carry a ``_key``
+    (the identity tuple) so an unchanged identity is not written again."""
+
+    name = "endpoint"
 
     def __init__(
         self,
@@ -312,11 +316,29 @@ class AgentSource:
         return text, time.time()
 
     def rows(self, text: str, scraped_at: float) -> dict[str, list[dict[str, Any]]]:
-        """Parse an agent's /metrics text into store rows (no I/O). Raises ScrapeError."""
+        """Parse /metrics text into store rows (no I/O). Raises ScrapeError."""
         try:
             return self._rows(text, scraped_at)
         except OutOfRange as e:
             raise ScrapeError(f"{self.target}: {e}") from None
+
+    def _rows(self, text: str, scraped_at: float) -> dict[str, list[dict[str, Any]]]:
+        raise NotImplementedError
+
+    def collect(self, store: Store) -> CollectResult:
+        text, at = self.scrape()
+        rows = self.rows(text, at)
+        keys = [(r["gpu_uuid"], r.pop("_key")) for r in rows["agent_gpu"]]
+        res = emit_rows(store, rows)
+        for uuid, key in keys:
+            self._identity[uuid] = key
+        return res
+
+
+class AgentSource(MetricsEndpointSource):
+    """Scrapes one accelmon agent. ``name = "agent"``; ``target`` is the URL without credentials."""
+
+    name = "agent"
 
     def _rows(self, text: str, scraped_at: float) -> dict[str, list[dict[str, Any]]]:
         m = parse_metrics(text, self.target)
@@ -414,16 +436,6 @@ class AgentSource:
                 if self._identity.get(uuid) != key:
                     idents.append({"ts": ts, **ident, "_key": key})
         return {"gpu_sample": samples, "nvlink_sample": links, "agent_gpu": idents}
-
-    def collect(self, store: Store) -> CollectResult:
-        text, at = self.scrape()
-        rows = self.rows(text, at)
-        keys = [(r["gpu_uuid"], r.pop("_key")) for r in rows["agent_gpu"]]
-        res = emit_rows(store, rows)
-        for uuid, key in keys:
-            self._identity[uuid] = key
-        return res
-
 
 def rows_to_tables(rows: dict[str, Iterable[dict[str, Any]]]) -> dict[str, pa.Table]:
     return _tables({k: list(v) for k, v in rows.items()})

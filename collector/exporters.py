@@ -20,26 +20,17 @@ export the MIG UUID.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from accelmon.collector.agent_source import (
-    DEFAULT_MAX_BODY,
-    OutOfRange,
+    MetricsEndpointSource,
     Sample,
     ScrapeError,
-    emit_rows,
-    fetch_metrics_text,
     finite_or_none,
-    new_session,
     parse_metrics,
-    redact_url,
     scaled_int,
     small_int,
 )
-from accelmon.collector.base import CollectResult
-
-from accelmon.store.writer import Store
 
 MIB = 1024 * 1024
 
@@ -52,34 +43,13 @@ def normalize_gpu_uuid(u: str) -> str:
     return "GPU-" + u
 
 
-class _ExporterSource:
+class _ExporterSource(MetricsEndpointSource):
     name = "exporter"
     VALUES: dict[str, str] = {}  # sample name -> key
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        timeout: float = 5.0,
-        vm_bios_uuid: str | None = None,
-        max_body_bytes: int = DEFAULT_MAX_BODY,
-        verify: bool | str = True,
-        token: str | None = None,
-    ) -> None:
-        if not url.rstrip("/").endswith("/metrics"):
-            url = url.rstrip("/") + "/metrics"
-        self.url = url
-        self.target = redact_url(url)
-        self.timeout = float(timeout)
+    def __init__(self, url: str, *, vm_bios_uuid: str | None = None, **kw: Any) -> None:
+        super().__init__(url, **kw)
         self.vm_bios_uuid = vm_bios_uuid.lower() if vm_bios_uuid else None
-        self.max_body_bytes = int(max_body_bytes)
-        self.verify = verify
-        self.token = token
-        self._session = new_session()
-        self._identity: dict[str, tuple[Any, ...]] = {}
-
-    def close(self) -> None:
-        self._session.close()
 
     # subclasses: per-GPU key and identity from a sample's labels
     def gpu_key(self, labels: dict[str, str]) -> str | None:
@@ -90,12 +60,6 @@ class _ExporterSource:
 
     def convert(self, key: str, v: dict[str, float], ts: float) -> dict[str, Any]:
         raise NotImplementedError
-
-    def rows(self, text: str, scraped_at: float) -> dict[str, list[dict[str, Any]]]:
-        try:
-            return self._rows(text, scraped_at)
-        except OutOfRange as e:
-            raise ScrapeError(f"{self.target}: {e}") from None
 
     def _rows(self, text: str, scraped_at: float) -> dict[str, list[dict[str, Any]]]:
         m = parse_metrics(text, self.target)
@@ -122,16 +86,6 @@ class _ExporterSource:
                 idents.append({"ts": scraped_at, "agent_url": self.target, "vm_bios_uuid": self.vm_bios_uuid,
                                **ident, "_key": k})
         return {"gpu_sample": samples, "agent_gpu": idents}
-
-    def collect(self, store: Store) -> CollectResult:
-        text = fetch_metrics_text(self._session, self.url, token=self.token, timeout=self.timeout,
-                                  max_body_bytes=self.max_body_bytes, verify=self.verify)
-        rows = self.rows(text, time.time())
-        keys = [(r["gpu_uuid"], r.pop("_key")) for r in rows["agent_gpu"]]
-        res = emit_rows(store, rows)
-        for g, k in keys:
-            self._identity[g] = k
-        return res
 
 
 class DcgmExporterSource(_ExporterSource):
