@@ -54,14 +54,20 @@ def dcgm_history(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     return d, end
 
 
+def _serve_history(prometheus_factory: Callable[..., PrometheusServer], src_dir: Path) -> PrometheusServer:
+    """A real Prometheus serving the DCGM history blocks made by the fixture."""
+    prom = prometheus_factory()
+    prom.data_dir = src_dir / "data"
+    prom.start()
+    return prom
+
+
 def test_backfill_imports_dcgm_series(
     dcgm_history: tuple[Path, int], prometheus_factory: Callable[..., PrometheusServer], tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     src_dir, end = dcgm_history
-    prom = prometheus_factory()
-    prom.data_dir = src_dir / "data"
-    prom.start()
+    prom = _serve_history(prometheus_factory, src_dir)
     store = Store(tmp_path / "store")
     since = time.time() - (end - DAYS * 86400) + 60
     assert run_backfill(store, prom.url, since, step_seconds=STEP, progress=True) == 0
@@ -100,9 +106,7 @@ def test_backfill_chunks_long_ranges(
 ) -> None:
     """More than Prometheus' 11,000 points per series: split into several query_range calls."""
     src_dir, end = dcgm_history
-    prom = prometheus_factory()
-    prom.data_dir = src_dir / "data"
-    prom.start()
+    prom = _serve_history(prometheus_factory, src_dir)
     store = Store(tmp_path / "store")
     step = 5
     since = time.time() - (end - 86400)
