@@ -6,6 +6,7 @@ poll), so a scrape never waits for NVML, however slow or stuck the driver is.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
@@ -27,6 +28,19 @@ log = logging.getLogger("accelmon.agent")
 XID_INITIAL = (13, 31, 43, 45, 48, 61, 62, 63, 64, 74, 79, 92, 94, 95, 119, 120)
 MAX_BACKOFF_S = 60.0
 MAX_EVENTS_PER_POLL = 256
+
+
+def handle_key(h: Any) -> Any:
+    """The device a handle addresses, comparable across calls.
+
+    A real pynvml handle is a ``c_nvmlDevice_t`` pointer and every call (``nvmlEventSetWait``'s
+    ``data.device`` included) returns a *new* Python object for it, so ``id(handle)`` never
+    matches; the pointer's address does.  Anything else (the simulation's handles) compares by
+    value."""
+    try:
+        return ("ptr", ctypes.cast(h, ctypes.c_void_p).value)
+    except (ctypes.ArgumentError, TypeError):
+        return h
 
 
 @dataclass
@@ -259,10 +273,10 @@ class Agent:
         nv = self.nv
         if self._events is None:
             return
-        by_handle = {}
+        by_device = {}  # keyed by the device a handle addresses, never by id() of the Python object
         for s in self.slots:
             if s.poller is not None:
-                by_handle[id(s.poller.h)] = s.uuid
+                by_device[handle_key(s.poller.h)] = s.uuid
         for _ in range(MAX_EVENTS_PER_POLL):
             try:
                 ev = nv.nvmlEventSetWait(self._events, 0)
@@ -277,8 +291,8 @@ class Agent:
                 return
             if not int(ev.eventType) & nv.nvmlEventTypeXidCriticalError:
                 continue
-            uuid = by_handle.get(id(ev.device))
-            if uuid is None:
+            uuid = by_device.get(handle_key(ev.device))
+            if uuid is None:  # not a GPU this agent polls (yet): ask the driver
                 try:
                     uuid = nv.nvmlDeviceGetUUID(ev.device)
                 except NVMLError:
