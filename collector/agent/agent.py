@@ -96,6 +96,9 @@ class Agent:
         self.nv = nv
         self.clock = clock
         self.poll_interval = float(poll_interval)
+        # the poll interval on the agent's clock (a simulated clock may run `speed` times real time):
+        # what the GPU pollers compare clock differences with (gaps, fallbacks)
+        self.clock_interval = self.poll_interval * float(getattr(clock, "speed", 1.0) or 1.0)
         self.per_process = per_process
         self.sysfs_root = sysfs_root
         self.backend = backend
@@ -165,7 +168,7 @@ class Agent:
                 nv.nvmlInit()
             h = nv.nvmlDeviceGetHandleByUUID(slot.uuid) if slot.uuid else nv.nvmlDeviceGetHandleByIndex(slot.index)
             ident = read_identity(nv, h, slot.index, self.vm.hostname, self.sysfs_root)
-            poller = GpuPoller(nv, h, ident, poll_interval=self.poll_interval, per_process=self.per_process,
+            poller = GpuPoller(nv, h, ident, poll_interval=self.clock_interval, per_process=self.per_process,
                                carry=slot.carry)
             poller.probe_nvlink()
             children = []
@@ -210,7 +213,7 @@ class Agent:
                 continue  # NOT_FOUND: no instance in that slot
             ident = read_identity(nv, mh, slot.index, self.vm.hostname, None, parent=parent)
             carry = slot.child_carry.setdefault(ident.uuid, Carry())
-            out.append(GpuPoller(nv, mh, ident, poll_interval=self.poll_interval, per_process=self.per_process,
+            out.append(GpuPoller(nv, mh, ident, poll_interval=self.clock_interval, per_process=self.per_process,
                                  carry=carry))
         return out
 

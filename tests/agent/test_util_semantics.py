@@ -20,7 +20,7 @@ from accelmon.collector.agent.server import AgentHTTPServer
 from accelmon.sim.clock import ManualClock
 from accelmon.sim.traces import make_trace, time_weighted_mean
 
-from .conftest import agent_of, by_gpu, run_polls, sim_of
+from .conftest import agent_of, by_gpu, metrics_text, run_polls, sim_of
 
 P = 1 / 6
 BURSTY = {"generator": "bursty_inference", "seed": 1, "window_s": 7.0}
@@ -163,3 +163,18 @@ def test_a_driver_clock_in_another_domain_changes_nothing(wire, clock, offset) -
     assert mean_pp(d, "1") == pytest.approx(want, abs=1.0) and mean_pp(d, "2") == pytest.approx(want, abs=1.0)
     busy, idle = b["busy"]["0"] - a["busy"]["0"], b["idle"]["0"] - a["idle"]["0"]
     assert 100 * busy / (busy + idle) == pytest.approx(10.0, abs=0.5) and busy + idle == pytest.approx(300, abs=P)
+
+
+def test_an_accelerated_clock_does_not_turn_idle_polls_into_unobserved_time() -> None:
+    """`--simulate` with speed 20: a 1 s poll is 20 s of agent clock; a dry ring is still idle time."""
+
+    class Fast(ManualClock):
+        speed = 20.0
+
+    clock = Fast(1_700_000_000.0)
+    sim = sim_of({"gpu": [{"trace": "constant:0", "ring_runs_dry": True}], "speed": 20}, clock)
+    agent = agent_of(sim, clock)
+    run_polls(agent, clock, 30, 20.0)
+    text = metrics_text(agent)
+    assert by_gpu(text, "accelmon_gpu_unobserved_seconds_total")["0"] == 0.0
+    assert by_gpu(text, "accelmon_gpu_idle_seconds_total")["0"] == pytest.approx(600.0)
