@@ -2,12 +2,17 @@
 
 Written atomically (temp file, fsync, rename, fsync dir) *after* the rows they cover were
 appended to the store, so a crash can only make the next poll read something again (which the
-cursors then filter), never skip it.
+cursors then filter), never skip it.  In memory too, a cursor moves only once its rows are
+stored (like a Kafka consumer committing offsets after processing): a poll works on a draft
+(:meth:`VCenterState.events_draft`) and commits it after the append returned.  A state file
+older than the store (a crash between the append and the save, or a save that failed on a full
+disk) is reconciled with the store when loaded (``VCenterSource._reconcile``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import tempfile
@@ -36,6 +41,27 @@ class VCenterState:
     emitted_chains: list[int] = field(default_factory=list)
     # vmware.log cursors by VM moref
     logs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def events_draft(self) -> VCenterState:
+        """A copy of the event cursors (key, time, pending starts, written chains) to advance
+        while a poll is processed; :meth:`commit_events` takes them over once the rows are
+        stored.  Until then this state still points before the unwritten migrations."""
+        return VCenterState(
+            event_key=self.event_key,
+            event_time=self.event_time,
+            pending_starts=copy.deepcopy(self.pending_starts),
+            emitted_chains=list(self.emitted_chains),
+        )
+
+    def commit_events(self, draft: VCenterState, written_chains: list[int],
+                      logs: dict[str, dict[str, Any]]) -> None:
+        """Advance the event and vmware.log cursors to ``draft`` (the rows are durable now)."""
+        self.event_key = draft.event_key
+        self.event_time = draft.event_time
+        self.pending_starts = draft.pending_starts
+        self.logs.update(logs)
+        for c in written_chains:
+            self.mark_emitted(c)
 
     def mark_emitted(self, chain_id: int) -> None:
         self.emitted_chains.append(chain_id)
