@@ -11,17 +11,31 @@ and never a credential:
 A ``NotAuthenticated`` fault (session expired, terminated by an admin, vCenter restarted)
 triggers one re-login and a retry of the call; :attr:`VCenterSession.generation` counts logins
 so callers can recreate session-scoped objects (property collectors, views, filters).
+
+**A refused login is not retried on the polling schedule.**  vSphere answers a wrong user name
+or password with the ``InvalidLogin`` fault ("Thrown when the user name or password is
+incorrect", vSphere Web Services API reference, ``SessionManager.Login``), and vCenter Single
+Sign-On locks an account after a number of failed logins within a window (its lockout policy:
+by default 5 failures in 180 s lock the account for 300 s).  The three jobs of a vCenter share
+this one session, so after a refusal every job gets the same :class:`VCenterAuthError` without
+a request to vCenter until the auth backoff has passed (``auth_backoff``, doubling per further
+refusal up to ``auth_backoff_max``).  A changed password (``password_file``/``password_env``
+are re-read) or a restart tries again at once.  Network errors do not arm this backoff.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import hashlib
 import http.client
 import io
 import logging
+import os
 import socket
 import ssl
 import threading
+import time
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Callable
@@ -66,6 +80,9 @@ class VCenterUnavailable(VCenterError):
 
 class VCenterAuthError(VCenterError):
     kind = "auth"
+    #: True once this error was logged (the session logs a refused login itself, once per
+    #: attempt; the job wrapper then does not log the same error again for each job)
+    logged = False
 
 
 class VCenterTLSError(VCenterError):
@@ -80,6 +97,15 @@ def make_ssl_context(cfg: VCenterConfig) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
     return ssl.create_default_context(cafile=str(cfg.ca_bundle) if cfg.ca_bundle else None)
+
+
+def insecure_transport(cfg: VCenterConfig) -> str | None:
+    """Why this vCenter's connection can be read or impersonated on the network, if it can."""
+    if urlparse(cfg.url).scheme == "http":
+        return "the URL is http://: the session cookie and the password travel unencrypted"
+    if not cfg.verify_tls:
+        return "verify_tls = false: the certificate is not checked, anyone on the path can impersonate vCenter"
+    return None
 
 
 def _one_line(e: BaseException) -> str:
@@ -109,6 +135,13 @@ class VCenterSession:
         self.content: Any = None
         self._lock = threading.RLock()
         self._http: http.client.HTTPConnection | None = None
+        # logins sent to vCenter (successful or not), and the auth backoff after a refusal
+        self.login_attempts = 0
+        self.auth_failures = 0  # consecutive refused logins
+        self.auth_error: VCenterAuthError | None = None  # the last refusal, while it stands
+        self.auth_retry_at = 0.0  # time.monotonic() before which no login is sent
+        self._auth_salt = os.urandom(16)
+        self._refused_secret: bytes | None = None  # salted hash of the refused password (memory only)
 
     # ----------------------------------------------------------------- errors
     def translate(self, e: BaseException) -> BaseException:
@@ -168,14 +201,62 @@ class VCenterSession:
                 return v
         raise VCenterUnavailable(self.target, f"no common API version (server speaks {sorted(theirs)})")
 
+    # ----------------------------------------------------------------- auth backoff
+    def _secret_fingerprint(self) -> bytes | None:
+        try:
+            secret = self.cfg.secret()
+        except (OSError, KeyError):
+            return None
+        return hashlib.sha256(self._auth_salt + secret.encode()).digest()
+
+    def auth_backoff_s(self, failures: int) -> float:
+        """Wait after the ``failures``-th refused login in a row: initial × 2^(n-1), capped."""
+        initial, cap = float(self.cfg.auth_backoff), float(self.cfg.auth_backoff_max)
+        return min(initial * 2 ** max(failures - 1, 0), max(cap, initial))
+
+    @property
+    def auth_failed(self) -> bool:
+        """True while the last login was refused (until a login succeeds)."""
+        return self.auth_error is not None
+
+    def _check_auth_backoff(self) -> None:
+        """Raise the standing refusal instead of sending another login, while it applies."""
+        err = self.auth_error
+        if err is None or time.monotonic() >= self.auth_retry_at:
+            return
+        fp = self._secret_fingerprint()
+        if fp is not None and fp != self._refused_secret:
+            log.info("vCenter %s: the password for %r changed; trying to log in again", self.target, self.cfg.user)
+            return
+        raise err
+
+    def _refused(self) -> VCenterAuthError:
+        self.auth_failures += 1
+        wait = self.auth_backoff_s(self.auth_failures)
+        self.auth_retry_at = time.monotonic() + wait
+        self._refused_secret = self._secret_fingerprint()
+        until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=wait)
+        err = VCenterAuthError(
+            self.target,
+            f"login as {self.cfg.user!r} refused: wrong user name or password; polling of this vCenter "
+            f"stopped, next login attempt after {until:%Y-%m-%d %H:%M:%S} UTC ({wait:.0f} s, auth_backoff) "
+            "so the account is not locked; a changed password or a restart tries at once",
+        )
+        err.logged = True
+        self.auth_error = err
+        log.error("%s", err)
+        return err
+
     def connect(self, *, if_generation: int | None = None) -> None:
         """Log in (again). Raises :class:`VCenterError` subclasses.
 
         ``if_generation``: only when no other thread has logged in again since that login
-        (two threads seeing the same expired session must not log in twice)."""
+        (two threads seeing the same expired session must not log in twice).  After a refused
+        login, raises that refusal without contacting vCenter until the auth backoff passed."""
         with self._lock:
             if if_generation is not None and self.generation != if_generation and self._logged_in:
                 return
+            self._check_auth_backoff()
             try:
                 if self.stub is None:
                     version = self._negotiate_version()
@@ -194,12 +275,20 @@ class VCenterSession:
                 else:
                     self.stub.cookie = ""  # a fresh login, not one inside the dead session
                     self.stub.DropConnections()
+                self._logged_in = False
+                self.login_attempts += 1
                 self.content.sessionManager.Login(self.cfg.user, self.cfg.secret())
             except BaseException as e:
+                if isinstance(e, vim.fault.InvalidLogin):
+                    raise self._refused() from None
                 t = self.translate(e)
                 if t is e:
                     raise
                 raise t from None
+            if self.auth_error is not None:
+                log.info("vCenter %s: login as %r accepted again after %d refused attempt(s)",
+                         self.target, self.cfg.user, self.auth_failures)
+            self.auth_error, self.auth_failures, self.auth_retry_at = None, 0, 0.0
             self.generation += 1
             self._logged_in = True
             log.info("vCenter %s: logged in (session %d)", self.target, self.generation)
@@ -330,6 +419,7 @@ __all__ = [
     "VCenterSession",
     "VCenterTLSError",
     "VCenterUnavailable",
+    "insecure_transport",
     "make_ssl_context",
     "vmodl",
 ]
