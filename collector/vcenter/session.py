@@ -12,30 +12,22 @@ A ``NotAuthenticated`` fault (session expired, terminated by an admin, vCenter r
 triggers one re-login and a retry of the call; :attr:`VCenterSession.generation` counts logins
 so callers can recreate session-scoped objects (property collectors, views, filters).
 
-**A refused login is not retried on the polling schedule.**  vSphere answers a wrong user name
-or password with the ``InvalidLogin`` fault ("Thrown when the user name or password is
-incorrect", vSphere Web Services API reference, ``SessionManager.Login``), and vCenter Single
-Sign-On locks an account after a number of failed logins within a window (its lockout policy:
-by default 5 failures in 180 s lock the account for 300 s).  The three jobs of a vCenter share
-this one session, so after a refusal every job gets the same :class:`VCenterAuthError` without
-a request to vCenter until the auth backoff has passed (``auth_backoff``, doubling per further
-refusal up to ``auth_backoff_max``).  A changed password (``password_file``/``password_env``
-are re-read) or a restart tries again at once.  Network errors do not arm this backoff.
+**A refused login is not retried on the polling schedule** (SSO would lock the account): the
+three jobs of a vCenter share this one session, and after an ``InvalidLogin`` every job gets
+the same :class:`VCenterAuthError` without a request to vCenter until the auth backoff passed
+(:mod:`.authgate`).  Network errors do not arm it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import http.client
 import io
 import logging
-import os
 import socket
 import ssl
 import threading
-import time
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Callable
@@ -43,6 +35,7 @@ from http.cookies import SimpleCookie
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+from accelmon.collector.vcenter.authgate import AuthGate
 from accelmon.collector.vcenter.stunlog import HttpResult
 from pyVmomi import SoapStubAdapter, VmomiSupport, vim, vmodl
 from pyVmomi.SoapAdapter import SoapResponseDeserializer
@@ -135,13 +128,9 @@ class VCenterSession:
         self.content: Any = None
         self._lock = threading.RLock()
         self._http: http.client.HTTPConnection | None = None
-        # logins sent to vCenter (successful or not), and the auth backoff after a refusal
-        self.login_attempts = 0
-        self.auth_failures = 0  # consecutive refused logins
-        self.auth_error: VCenterAuthError | None = None  # the last refusal, while it stands
-        self.auth_retry_at = 0.0  # time.monotonic() before which no login is sent
-        self._auth_salt = os.urandom(16)
-        self._refused_secret: bytes | None = None  # salted hash of the refused password (memory only)
+        self.login_attempts = 0  # logins sent to vCenter (accepted or not)
+        self.auth = AuthGate(cfg.auth_backoff, cfg.auth_backoff_max, cfg.secret)
+        self.auth_error: VCenterAuthError | None = None  # the refusal standing, until a login is accepted
 
     # ----------------------------------------------------------------- errors
     def translate(self, e: BaseException) -> BaseException:
@@ -202,39 +191,13 @@ class VCenterSession:
         raise VCenterUnavailable(self.target, f"no common API version (server speaks {sorted(theirs)})")
 
     # ----------------------------------------------------------------- auth backoff
-    def _secret_fingerprint(self) -> bytes | None:
-        try:
-            secret = self.cfg.secret()
-        except (OSError, KeyError):
-            return None
-        return hashlib.sha256(self._auth_salt + secret.encode()).digest()
-
-    def auth_backoff_s(self, failures: int) -> float:
-        """Wait after the ``failures``-th refused login in a row: initial × 2^(n-1), capped."""
-        initial, cap = float(self.cfg.auth_backoff), float(self.cfg.auth_backoff_max)
-        return min(initial * 2 ** max(failures - 1, 0), max(cap, initial))
-
     @property
     def auth_failed(self) -> bool:
-        """True while the last login was refused (until a login succeeds)."""
+        """True while the last login was refused (until a login is accepted)."""
         return self.auth_error is not None
 
-    def _check_auth_backoff(self) -> None:
-        """Raise the standing refusal instead of sending another login, while it applies."""
-        err = self.auth_error
-        if err is None or time.monotonic() >= self.auth_retry_at:
-            return
-        fp = self._secret_fingerprint()
-        if fp is not None and fp != self._refused_secret:
-            log.info("vCenter %s: the password for %r changed; trying to log in again", self.target, self.cfg.user)
-            return
-        raise err
-
     def _refused(self) -> VCenterAuthError:
-        self.auth_failures += 1
-        wait = self.auth_backoff_s(self.auth_failures)
-        self.auth_retry_at = time.monotonic() + wait
-        self._refused_secret = self._secret_fingerprint()
+        wait = self.auth.refused()
         until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=wait)
         err = VCenterAuthError(
             self.target,
@@ -256,7 +219,10 @@ class VCenterSession:
         with self._lock:
             if if_generation is not None and self.generation != if_generation and self._logged_in:
                 return
-            self._check_auth_backoff()
+            if self.auth_error is not None:
+                if not self.auth.may_try():
+                    raise self.auth_error
+                log.info("vCenter %s: trying to log in as %r again", self.target, self.cfg.user)
             try:
                 if self.stub is None:
                     version = self._negotiate_version()
@@ -287,8 +253,9 @@ class VCenterSession:
                 raise t from None
             if self.auth_error is not None:
                 log.info("vCenter %s: login as %r accepted again after %d refused attempt(s)",
-                         self.target, self.cfg.user, self.auth_failures)
-            self.auth_error, self.auth_failures, self.auth_retry_at = None, 0, 0.0
+                         self.target, self.cfg.user, self.auth.failures)
+            self.auth_error = None
+            self.auth.accepted()
             self.generation += 1
             self._logged_in = True
             log.info("vCenter %s: logged in (session %d)", self.target, self.generation)

@@ -32,7 +32,7 @@ from accelmon.collector.vcenter import events as ev
 from accelmon.collector.vcenter import perf, stunlog
 from accelmon.collector.vcenter.inventory import Inventory, PollStats
 from accelmon.collector.vcenter.session import VCenterSession, insecure_transport
-from accelmon.collector.vcenter.state import MAX_EMITTED_CHAINS, VCenterState, load_state, save_state, state_path
+from accelmon.collector.vcenter.state import VCenterState, load_state, reconcile, save_state, state_path
 from pyVmomi import vim
 
 from accelmon.config import VCenterConfig
@@ -197,12 +197,6 @@ class VCenterSource:
         return self._state
 
     def _reconcile(self, store: Any, st: VCenterState) -> None:
-        """Make the loaded cursors cover what the store already has (the store is the truth).
-
-        Without a state file, perf resumes from the store's newest sample per entity; with
-        one, samples of the last two hours (vCenter keeps one) newer than the file's cursors
-        move them on.  Migrations the store has are marked written, so an old state file
-        (a crash after the append, a save that failed on a full disk) never stores one twice."""
         connect = getattr(store, "connect", None)
         if connect is None:
             return
@@ -212,33 +206,7 @@ class VCenterSource:
             log.debug("vCenter %s: no cursors from the store: %s", self.target, e)
             return
         try:
-            fresh = not st.perf_vm and not st.perf_host
-            recent = "" if fresh else " AND ts >= ?"
-            since = [_dt(time.time() - 2 * perf.REALTIME_WINDOW)] if not fresh else []
-            for tbl, col, dest in (("vm_power_sample", "vm_moref", st.perf_vm),
-                                   ("host_power_sample", "host_moref", st.perf_host)):
-                q = (f"SELECT {col}, epoch_ms(max(ts)) FROM {tbl} WHERE vcenter_uuid = ?{recent} GROUP BY 1")
-                try:
-                    got = con.execute(q, [self.vcenter_uuid, *since]).fetchall()
-                except Exception as e:  # noqa: BLE001 - no such table yet
-                    log.debug("vCenter %s: no %s cursors from the store: %s", self.target, tbl, e)
-                    continue
-                for moref, ms in got:
-                    dest[moref] = max(dest.get(moref, 0.0), ms / 1000.0)
-            allts = list(st.perf_vm.values()) + list(st.perf_host.values())
-            if allts:
-                st.perf_last_ts = max(st.perf_last_ts or 0.0, max(allts))
-            try:
-                chains = con.execute(
-                    "SELECT chain_id FROM vmotion WHERE vcenter_uuid = ? AND chain_id IS NOT NULL "
-                    "ORDER BY ended_at DESC LIMIT ?", [self.vcenter_uuid, MAX_EMITTED_CHAINS]).fetchall()
-            except Exception as e:  # noqa: BLE001 - no vmotion rows yet
-                log.debug("vCenter %s: no written migrations from the store: %s", self.target, e)
-                chains = []
-            known = set(st.emitted_chains)
-            for (c,) in reversed(chains):
-                if int(c) not in known:
-                    st.mark_emitted(int(c))
+            reconcile(st, con, self.vcenter_uuid, recent_since=time.time() - 2 * perf.REALTIME_WINDOW)
         finally:
             con.close()
 

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime as dt
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 MAX_EMITTED_CHAINS = 20_000
@@ -136,3 +140,40 @@ def save_state(path: Path, state: VCenterState) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def reconcile(st: VCenterState, con: Any, vcenter_uuid: str, *, recent_since: float) -> None:
+    """Make loaded cursors cover what the store already has (the store is the truth).
+
+    ``con`` is a DuckDB connection with the store's views.  Without perf cursors (no state
+    file), perf resumes from the store's newest sample per entity; with them, samples newer
+    than ``recent_since`` (vCenter keeps one hour) move them on.  Migrations the store has are
+    marked written, so an old state file (a crash after the append, a save that failed on a
+    full disk) never makes a restart store one twice."""
+    fresh = not st.perf_vm and not st.perf_host
+    recent = "" if fresh else " AND ts >= ?"
+    since = [] if fresh else [dt.datetime.fromtimestamp(recent_since, dt.UTC)]
+    for tbl, col, dest in (("vm_power_sample", "vm_moref", st.perf_vm),
+                           ("host_power_sample", "host_moref", st.perf_host)):
+        q = f"SELECT {col}, epoch_ms(max(ts)) FROM {tbl} WHERE vcenter_uuid = ?{recent} GROUP BY 1"
+        try:
+            got = con.execute(q, [vcenter_uuid, *since]).fetchall()
+        except Exception as e:  # noqa: BLE001 - no such table yet (a fresh data dir)
+            log.debug("vCenter %s: no %s cursors from the store: %s", vcenter_uuid, tbl, e)
+            continue
+        for moref, ms in got:
+            dest[moref] = max(dest.get(moref, 0.0), ms / 1000.0)
+    allts = list(st.perf_vm.values()) + list(st.perf_host.values())
+    if allts:
+        st.perf_last_ts = max(st.perf_last_ts or 0.0, max(allts))
+    try:
+        chains = con.execute(
+            "SELECT chain_id FROM vmotion WHERE vcenter_uuid = ? AND chain_id IS NOT NULL "
+            "ORDER BY ended_at DESC LIMIT ?", [vcenter_uuid, MAX_EMITTED_CHAINS]).fetchall()
+    except Exception as e:  # noqa: BLE001 - no vmotion rows yet
+        log.debug("vCenter %s: no written migrations from the store: %s", vcenter_uuid, e)
+        return
+    known = set(st.emitted_chains)
+    for (c,) in reversed(chains):
+        if int(c) not in known:
+            st.mark_emitted(int(c))
