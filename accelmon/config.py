@@ -91,6 +91,10 @@ class VCenterConfig(_Model):
     perf_interval: Duration = 20.0
     events_interval: Duration = 60.0
     timeout: Duration = 30.0
+    # after vCenter refuses the login (InvalidLogin): no further login for this long, doubling
+    # per further refusal up to auth_backoff_max, so the account is not locked by SSO
+    auth_backoff: Duration = 900.0
+    auth_backoff_max: Duration = 4 * 3600.0
 
     @field_validator("url")
     @classmethod

@@ -107,6 +107,7 @@ class SourceRunner:
         h.polls_total += 1
         h.consecutive_failures = 0
         h.failing_since = 0.0
+        h.error_kind = ""
         h.object_errors_total += len(res.errors)
         self._next_allowed = 0.0
         self._last_error_type = ""
@@ -146,10 +147,13 @@ class SourceRunner:
         if first:
             h.failing_since = h.last_success_ts or now
         h.last_error = summary
+        h.error_kind = str(getattr(e, "kind", "") or "")
         etype = type(e).__name__
         backoff = self.backoff_s(h.consecutive_failures)
         self._next_allowed = time.monotonic() + backoff
-        if first or etype != self._last_error_type:
+        # an error its source already logged (a refused vCenter login: one line per vCenter,
+        # not one per job) is counted, not logged again
+        if (first or etype != self._last_error_type) and not getattr(e, "logged", False):
             log.warning(
                 "%s %s: poll failed: %s (retrying with backoff up to %.0f s; logged again only when this changes)",
                 self.job_name, self.target, summary, self.max_backoff_s,

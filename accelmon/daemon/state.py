@@ -60,6 +60,7 @@ class SourceHealth:
     consecutive_failures: int = 0
     failing_since: float = 0.0
     last_error: str = ""
+    error_kind: str = ""  # the failing poll's error kind ("auth", "unavailable", "tls"…; "" when none)
 
 
 @dataclass

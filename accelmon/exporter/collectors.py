@@ -317,6 +317,17 @@ class SelfCollector(Collector):
         for (kind, t), n in sorted(s.samples_written.items()):
             written.add((kind, t), n)
         yield from (ok, dur, err, oerr, polls, last, written)
+        auth: dict[str, bool] = {}
+        for h in s.sources:
+            if h.kind.startswith("vcenter"):
+                auth[h.target] = auth.get(h.target, False) or (h.success is False and h.error_kind == "auth")
+        if auth:
+            af = G("accelmon_vcenter_auth_failed",
+                   "1 while vCenter refuses the daemon's login (wrong user name or password); its polling "
+                   "waits for the auth backoff, so the account is not locked.", labels=["target"])
+            for target, failed in sorted(auth.items()):
+                af.add([target], 1.0 if failed else 0.0)
+            yield af
 
         st = s.store
         w = C("accelmon_store_rows_written", "Rows durably written to the store (acknowledged), per table.",

@@ -11,11 +11,17 @@ and never a credential:
 A ``NotAuthenticated`` fault (session expired, terminated by an admin, vCenter restarted)
 triggers one re-login and a retry of the call; :attr:`VCenterSession.generation` counts logins
 so callers can recreate session-scoped objects (property collectors, views, filters).
+
+**A refused login is not retried on the polling schedule** (SSO would lock the account): the
+three jobs of a vCenter share this one session, and after an ``InvalidLogin`` every job gets
+the same :class:`VCenterAuthError` without a request to vCenter until the auth backoff passed
+(:mod:`.authgate`).  Network errors do not arm it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import http.client
 import io
 import logging
@@ -29,6 +35,7 @@ from http.cookies import SimpleCookie
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+from accelmon.collector.vcenter.authgate import AuthGate
 from accelmon.collector.vcenter.stunlog import HttpResult
 from pyVmomi import SoapStubAdapter, VmomiSupport, vim, vmodl
 from pyVmomi.SoapAdapter import SoapResponseDeserializer
@@ -66,6 +73,9 @@ class VCenterUnavailable(VCenterError):
 
 class VCenterAuthError(VCenterError):
     kind = "auth"
+    #: True once this error was logged (the session logs a refused login itself, once per
+    #: attempt; the job wrapper then does not log the same error again for each job)
+    logged = False
 
 
 class VCenterTLSError(VCenterError):
@@ -80,6 +90,15 @@ def make_ssl_context(cfg: VCenterConfig) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
     return ssl.create_default_context(cafile=str(cfg.ca_bundle) if cfg.ca_bundle else None)
+
+
+def insecure_transport(cfg: VCenterConfig) -> str | None:
+    """Why this vCenter's connection can be read or impersonated on the network, if it can."""
+    if urlparse(cfg.url).scheme == "http":
+        return "the URL is http://: the session cookie and the password travel unencrypted"
+    if not cfg.verify_tls:
+        return "verify_tls = false: the certificate is not checked, anyone on the path can impersonate vCenter"
+    return None
 
 
 def _one_line(e: BaseException) -> str:
@@ -109,6 +128,9 @@ class VCenterSession:
         self.content: Any = None
         self._lock = threading.RLock()
         self._http: http.client.HTTPConnection | None = None
+        self.login_attempts = 0  # logins sent to vCenter (accepted or not)
+        self.auth = AuthGate(cfg.auth_backoff, cfg.auth_backoff_max, cfg.secret)
+        self.auth_error: VCenterAuthError | None = None  # the refusal standing, until a login is accepted
 
     # ----------------------------------------------------------------- errors
     def translate(self, e: BaseException) -> BaseException:
@@ -168,14 +190,39 @@ class VCenterSession:
                 return v
         raise VCenterUnavailable(self.target, f"no common API version (server speaks {sorted(theirs)})")
 
+    # ----------------------------------------------------------------- auth backoff
+    @property
+    def auth_failed(self) -> bool:
+        """True while the last login was refused (until a login is accepted)."""
+        return self.auth_error is not None
+
+    def _refused(self) -> VCenterAuthError:
+        wait = self.auth.refused()
+        until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=wait)
+        err = VCenterAuthError(
+            self.target,
+            f"login as {self.cfg.user!r} refused: wrong user name or password; polling of this vCenter "
+            f"stopped, next login attempt after {until:%Y-%m-%d %H:%M:%S} UTC ({wait:.0f} s, auth_backoff) "
+            "so the account is not locked; a changed password or a restart tries at once",
+        )
+        err.logged = True
+        self.auth_error = err
+        log.error("%s", err)
+        return err
+
     def connect(self, *, if_generation: int | None = None) -> None:
         """Log in (again). Raises :class:`VCenterError` subclasses.
 
         ``if_generation``: only when no other thread has logged in again since that login
-        (two threads seeing the same expired session must not log in twice)."""
+        (two threads seeing the same expired session must not log in twice).  After a refused
+        login, raises that refusal without contacting vCenter until the auth backoff passed."""
         with self._lock:
             if if_generation is not None and self.generation != if_generation and self._logged_in:
                 return
+            if self.auth_error is not None:
+                if not self.auth.may_try():
+                    raise self.auth_error
+                log.info("vCenter %s: trying to log in as %r again", self.target, self.cfg.user)
             try:
                 if self.stub is None:
                     version = self._negotiate_version()
@@ -194,12 +241,21 @@ class VCenterSession:
                 else:
                     self.stub.cookie = ""  # a fresh login, not one inside the dead session
                     self.stub.DropConnections()
+                self._logged_in = False
+                self.login_attempts += 1
                 self.content.sessionManager.Login(self.cfg.user, self.cfg.secret())
             except BaseException as e:
+                if isinstance(e, vim.fault.InvalidLogin):
+                    raise self._refused() from None
                 t = self.translate(e)
                 if t is e:
                     raise
                 raise t from None
+            if self.auth_error is not None:
+                log.info("vCenter %s: login as %r accepted again after %d refused attempt(s)",
+                         self.target, self.cfg.user, self.auth.failures)
+            self.auth_error = None
+            self.auth.accepted()
             self.generation += 1
             self._logged_in = True
             log.info("vCenter %s: logged in (session %d)", self.target, self.generation)
@@ -330,6 +386,7 @@ __all__ = [
     "VCenterSession",
     "VCenterTLSError",
     "VCenterUnavailable",
+    "insecure_transport",
     "make_ssl_context",
     "vmodl",
 ]

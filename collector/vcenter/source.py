@@ -8,16 +8,22 @@ Three jobs share one session (see :meth:`VCenterSource.jobs`), serialized per vC
 * ``vcenter.events`` (``events_interval``): vMotions, joined with the stun time from vmware.log
 
 ``collect`` runs all three (``accelmon run --once``, tests, benchmark).  Cursors live in
-``<data-dir>/state/vcenter-<uuid>.json`` and are saved after the rows they cover.
+``<data-dir>/state/vcenter-<uuid>.json``.  A poll's rows and the cursor moves that cover them
+travel together as :class:`Pending` steps: each step's ``commit`` runs only after its table's
+append returned (the daemon's write-through sink: fsync + rename), then the state file is saved.
+A failed append leaves every cursor where it was, so the next poll reads the same data again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +31,8 @@ from accelmon.collector.base import CollectResult
 from accelmon.collector.vcenter import events as ev
 from accelmon.collector.vcenter import perf, stunlog
 from accelmon.collector.vcenter.inventory import Inventory, PollStats
-from accelmon.collector.vcenter.session import VCenterSession
-from accelmon.collector.vcenter.state import VCenterState, load_state, save_state, state_path
+from accelmon.collector.vcenter.session import VCenterSession, insecure_transport
+from accelmon.collector.vcenter.state import VCenterState, load_state, reconcile, save_state, state_path
 from pyVmomi import vim
 
 from accelmon.config import VCenterConfig
@@ -40,6 +46,19 @@ UTC = dt.UTC
 
 def _dt(t: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(t, UTC)
+
+
+def _noop() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Rows of one table, and the cursor move to make once they are stored (not before)."""
+
+    table: str
+    rows: list[dict[str, Any]]
+    commit: Callable[[], None] = _noop
 
 
 class VCenterSource:
@@ -62,6 +81,9 @@ class VCenterSource:
         self.log_lines_total = 0
         self.log_garbage_lines_total = 0
         self.last_inventory: PollStats | None = None
+        why = insecure_transport(cfg)
+        if why is not None:
+            log.warning("vCenter %s (%s): insecure connection: %s", cfg.display_name, cfg.url, why)
 
     # ------------------------------------------------------------------ Source API
     def jobs(self) -> list[tuple[str, float, Any]]:
@@ -146,6 +168,22 @@ class VCenterSource:
         res.add(name, int(n) if isinstance(n, int) else data.num_rows)
         res.tables[name] = data
 
+    def _append_then_commit(self, store: Any, res: CollectResult, steps: Sequence[Pending]) -> None:
+        """Append each step's rows, then make its cursor move; save the state file at the end.
+
+        A failed append raises before its commit (and the later steps'), so those cursors stay
+        behind the rows that are not stored.  The steps already stored keep their moves (in
+        memory, and in the state file when it can be written), so nothing is stored twice."""
+        try:
+            for step in steps:
+                self._write(store, res, step.table, step.rows)
+                step.commit()
+        except BaseException:
+            with contextlib.suppress(OSError):  # the disk may be full: the store reconciles at load
+                self._save()
+            raise
+        self._save()
+
     def _state_for(self, store: Any) -> VCenterState:
         if self._state is not None:
             return self._state
@@ -155,28 +193,22 @@ class VCenterSource:
             self._state = load_state(self._state_file)
         else:
             self._state = VCenterState()
-        if not self._state.perf_vm and not self._state.perf_host:
-            self._cursors_from_store(store, self._state)
+        self._reconcile(store, self._state)
         return self._state
 
-    def _cursors_from_store(self, store: Any, st: VCenterState) -> None:
-        """Without a state file, resume perf from what the store already has (never store twice)."""
+    def _reconcile(self, store: Any, st: VCenterState) -> None:
         connect = getattr(store, "connect", None)
         if connect is None:
             return
         try:
             con = connect()
-            for tbl, col, dest in (("vm_power_sample", "vm_moref", st.perf_vm),
-                                   ("host_power_sample", "host_moref", st.perf_host)):
-                q = f"SELECT {col}, epoch_ms(max(ts)) FROM {tbl} WHERE vcenter_uuid = ? GROUP BY 1"
-                for moref, ms in con.execute(q, [self.vcenter_uuid]).fetchall():
-                    dest[moref] = ms / 1000.0
-            allts = list(st.perf_vm.values()) + list(st.perf_host.values())
-            if allts:
-                st.perf_last_ts = max(allts)
-            con.close()
         except Exception as e:  # noqa: BLE001 - a fresh data dir, or a store being compacted
-            log.debug("vCenter %s: no perf cursors from the store: %s", self.target, e)
+            log.debug("vCenter %s: no cursors from the store: %s", self.target, e)
+            return
+        try:
+            reconcile(st, con, self.vcenter_uuid, recent_since=time.time() - 2 * perf.REALTIME_WINDOW)
+        finally:
+            con.close()
 
     def _save(self) -> None:
         if self._state is not None and self._state_file is not None:
@@ -236,27 +268,43 @@ class VCenterSource:
                 "reason": "no perf poll for longer than vCenter's 1 h realtime window: "
                           "power/energy samples in between are lost",
             })
-        self._write(store, res, "collection_gap", gap_rows)
-        self._write(store, res, "vm_power_sample", vm_rows)
-        self._write(store, res, "host_power_sample", host_rows)
-        for s in poll.samples:
-            d = state.perf_vm if s.kind == "VirtualMachine" else state.perf_host
-            if s.ts > d.get(s.moref, 0.0):
-                d[s.moref] = s.ts
-        if poll.samples:
-            state.perf_last_ts = max(state.perf_last_ts or 0.0, max(s.ts for s in poll.samples))
-        elif state.perf_last_ts is None or gap is not None:
-            state.perf_last_ts = now - perf.REALTIME_INTERVAL
-        self._save()
+
+        def gap_recorded() -> None:  # everything before the gap's end is now stored or recorded lost
+            if gap is not None:
+                state.perf_last_ts = max(state.perf_last_ts or 0.0, gap[1])
+
+        def advance(kind: str) -> Callable[[], None]:
+            def commit() -> None:
+                d = state.perf_vm if kind == "VirtualMachine" else state.perf_host
+                for s in poll.samples:
+                    if s.kind == kind and s.ts > d.get(s.moref, 0.0):
+                        d[s.moref] = s.ts
+            return commit
+
+        def covered() -> None:
+            if poll.samples:
+                state.perf_last_ts = max(state.perf_last_ts or 0.0, max(s.ts for s in poll.samples))
+            elif state.perf_last_ts is None or gap is not None:
+                state.perf_last_ts = now - perf.REALTIME_INTERVAL
+
+        self._append_then_commit(store, res, [
+            Pending("collection_gap", gap_rows, gap_recorded),
+            Pending("vm_power_sample", vm_rows, advance("VirtualMachine")),
+            Pending("host_power_sample", host_rows, advance("HostSystem")),
+            Pending("collection_gap", [], covered),
+        ])
 
     # ------------------------------------------------------------------ events
     def _events(self, store: Any, res: CollectResult) -> None:
         state = self._state_for(store)
         events = ev.read_events(self.session, state)
         now = time.time()
-        migrations = ev.pair(events, state, now)
+        draft = state.events_draft()  # cursors move here; the state takes them once rows are stored
+        migrations = ev.pair(events, draft, now)
         rows = []
         parsed: dict[str, list[stunlog.StunRecord]] = {}
+        logs: dict[str, dict[str, Any]] = {}  # new vmware.log cursors, committed with the rows
+        seen = stunlog.LogStats()
         for mig in migrations:
             with self.inventory.lock:
                 m = self.inventory.model
@@ -264,9 +312,9 @@ class VCenterSource:
                          m._p(mig.vm_moref).get("config.instanceUuid"))
             (vgpu, fb), cl_name, inst_uuid = facts
             stun = None
-            # every migrated VM's log is read, from where the last read stopped
+            # every migrated VM's log is read, from where the last stored read stopped
             if mig.vm_moref not in parsed:
-                parsed[mig.vm_moref] = self._read_log(mig.vm_moref, mig.datacenter_name, state, res)
+                parsed[mig.vm_moref] = self._read_log(mig.vm_moref, mig.datacenter_name, state, res, logs, seen)
             stun = stunlog.match_stun(
                 parsed[mig.vm_moref],
                 _dt(mig.started_at) if mig.started_at else None,
@@ -295,13 +343,20 @@ class VCenterSource:
                 "vgpu_attached": vgpu or bool(stun is not None and stun.vgpu),
                 "vgpu_fb_bytes": fb,
             })
-        self._write(store, res, "vmotion", rows)
-        for mig in migrations:
-            state.mark_emitted(mig.chain_id)
-        self._save()
+        chains = [mig.chain_id for mig in migrations]
 
-    def _read_log(self, vm: str, dc_name: str | None, state: VCenterState,
-                  res: CollectResult) -> list[stunlog.StunRecord]:
+        def commit() -> None:
+            state.commit_events(draft, chains, logs)
+            self.log_lines_total += seen.lines
+            self.log_garbage_lines_total += seen.garbage_lines
+
+        self._append_then_commit(store, res, [Pending("vmotion", rows, commit)])
+
+    def _read_log(self, vm: str, dc_name: str | None, state: VCenterState, res: CollectResult,
+                  logs: dict[str, dict[str, Any]], stats: stunlog.LogStats) -> list[stunlog.StunRecord]:
+        """The stun records of ``vm``'s vmware.log after its stored cursor; the moved cursor goes
+        to ``logs`` and the line counts to ``stats``, both committed with the vmotion rows (a
+        failed write reads, and counts, the same bytes again)."""
         with self.inventory.lock:
             dc, logdir = self.inventory.model.vm_dc_and_logdir(vm)
         if logdir is None:  # not a GPU VM: the inventory did not keep it; ask for this one property
@@ -323,9 +378,8 @@ class VCenterSource:
             res.errors.append(f"{vm}: vmware.log not readable: {e}")
             return []
         p = stunlog.parse_chunks(chunks)
-        self.log_lines_total += p.stats.lines
-        self.log_garbage_lines_total += p.stats.garbage_lines
         if p.stats.garbage_lines:
             res.errors.append(f"{vm}: vmware.log: skipped {p.stats.garbage_lines} unparseable line(s)")
-        state.logs[vm] = new_cur.to_json()
+        logs[vm] = new_cur.to_json()
+        stats.add(p.stats)
         return p.records

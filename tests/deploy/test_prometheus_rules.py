@@ -21,6 +21,7 @@ REQUIRED_ALERTS = {
     "AccelmonVMotionStunAboveLimit",
     "AccelmonAgentDown",
     "AccelmonVCenterSourceFailing",
+    "AccelmonVCenterLoginRefused",
     "AccelmonDataDirNearFull",
 }
 

@@ -57,7 +57,8 @@ def test_power_resumes_without_double_counting(estate: Vcsim, source: VCenterSou
     assert state_path(store.root, source.vcenter_uuid).is_file()
 
 
-def test_gap_beyond_realtime_window_is_recorded(estate: Vcsim, source: VCenterSource, store: Store) -> None:
+def test_gap_beyond_realtime_window_is_recorded(estate: Vcsim, source: VCenterSource, store: Store,
+                                                tmp_path: Path) -> None:
     source.collect_perf(store)
     path = state_path(store.root, source.vcenter_uuid)
     st = json.loads(path.read_text())
@@ -65,6 +66,11 @@ def test_gap_beyond_realtime_window_is_recorded(estate: Vcsim, source: VCenterSo
     st["perf_last_ts"] = two_hours_ago
     st["perf_vm"] = {k: two_hours_ago for k in st["perf_vm"]}
     st["perf_host"] = {k: two_hours_ago for k in st["perf_host"]}
+    # a data dir whose last perf poll was two hours ago: the cursors say so, and the store has
+    # nothing newer (the store is reconciled with the state file when it is loaded)
+    store = Store(tmp_path / "data-2h")
+    path = state_path(store.root, source.vcenter_uuid)
+    path.parent.mkdir(parents=True)
     path.write_text(json.dumps(st))
     src2 = VCenterSource(vc_config(estate))
     try:
