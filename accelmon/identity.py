@@ -17,7 +17,9 @@ this order, each step only for what the steps before left unmatched:
    numbering is not the default layout this decoding assumes, and no slot evidence is used.
 3. ``vgpu_profile``: vGPU devices ↔ vGPU guests by profile name (``grid_a100-4-20c`` ≡
    ``A100-4-20C``) and framebuffer size (within 10 %), where exactly one device and one GPU
-   fit each other.
+   fit each other. (Steps 1-2 are positional and need only the class to agree - whole GPU ↔
+   passthrough/dynamic, vGPU ↔ vGPU; from step 3 on, a profile or framebuffer that disagrees
+   rules a device out.)
 4. ``only_device``: what remains is one GPU and one device that do not contradict each other
    (same class, no conflicting profile): the VM has no other device it could be.
 5. ``ambiguous``: a GPU that fits two or more remaining devices (identical devices, nothing to
@@ -213,13 +215,17 @@ def _fb_agrees(a: int | None, b: int | None) -> bool | None:
     return abs(a - b) <= FB_TOLERANCE * max(a, b)
 
 
+def _class_fits(g: GuestGpu, d: VmGpuDevice) -> bool:
+    """A vGPU guest GPU ↔ a vGPU device, a whole GPU ↔ passthrough / dynamic; unknown mode ↔ either."""
+    gv = _guest_is_vgpu(g)
+    return gv is None or gv == (d.backing == "vgpu")
+
+
 def _fits(g: GuestGpu, d: VmGpuDevice) -> bool:
     """Nothing known contradicts GPU ``g`` being device ``d``: class, vGPU profile, framebuffer."""
-    gv = _guest_is_vgpu(g)
-    dv = d.backing == "vgpu"
-    if gv is not None and gv != dv:
+    if not _class_fits(g, d):
         return False
-    if dv:
+    if d.backing == "vgpu":
         gp, dp = profile_key(g.vgpu_profile), profile_key(d.vgpu_profile)
         if gp and dp and gp != dp:
             return False
@@ -278,7 +284,7 @@ def match_vm_gpus(devices: Iterable[VmGpuDevice], gpus: Iterable[GuestGpu]) -> d
     for u, g in list(rem_g.items()):
         a = addr[u]
         hits = [d for d in rem_d.values()
-                if d.backing != "vgpu" and a is not None and parse_bdf(d.host_pci_id) == a and _fits(g, d)]
+                if d.backing != "vgpu" and a is not None and parse_bdf(d.host_pci_id) == a and _class_fits(g, d)]
         if len(hits) == 1:
             other = slot_gpu(hits[0])
             if other is None or other == u:
@@ -290,13 +296,13 @@ def match_vm_gpus(devices: Iterable[VmGpuDevice], gpus: Iterable[GuestGpu]) -> d
     pairs: list[tuple[str, int]] = []
     for k, sa in slotted.items():
         hits = [u for u in rem_g if ga.get(u) == sa]
-        if len(hits) == 1 and _fits(rem_g[hits[0]], rem_d[k]):
+        if len(hits) == 1 and _class_fits(rem_g[hits[0]], rem_d[k]):
             pairs.append((hits[0], k))
     hit_d = {k for _, k in pairs}
     hit_g = {u for u, _ in pairs}
     miss_d = [k for k in slotted if k not in hit_d]
     miss_g = [u for u in rem_g if u not in hit_g and u in ga
-              and any(_fits(rem_g[u], rem_d[k]) for k in slotted)]
+              and any(_class_fits(rem_g[u], rem_d[k]) for k in slotted)]
     if not (miss_d and miss_g) and len(hit_g) == len(pairs):
         for u, k in pairs:
             take(u, k, PCI_SLOT)

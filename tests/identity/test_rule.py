@@ -95,6 +95,10 @@ def test_vgpu_by_profile_and_by_framebuffer() -> None:
     # a profile that contradicts the only vGPU device is not forced onto it
     m = match_vm_gpus([vg(13000, "grid_a100-20c", 20)], [guest("GPU-x", 0x0B, "vgpu", vgpu_profile="A100-10C")])
     assert (m["GPU-x"].device_key, m["GPU-x"].evidence) == (None, UNMATCHED)
+    # ... but its slot is positional evidence, which a profile name does not override
+    m = match_vm_gpus([vg(13000, "grid_a100-20c", 20, slot=192)],
+                      [guest("GPU-x", 0x0B, "vgpu", vgpu_profile="A100-10C")])
+    assert (m["GPU-x"].device_key, m["GPU-x"].evidence) == (13000, PCI_SLOT)
 
 
 def test_mig_instances_inherit_the_parent_device() -> None:
