@@ -32,6 +32,7 @@ func taskResult(ref types.ManagedObjectReference) (types.AnyType, error) {
 // gpuSlot is the pciSlotNumber of a VM's i-th GPU device: a PCIe root port of its own on
 // pciBridge5, 6, 7 (4 holds the NIC), function 0, then 1, ... (KB 2047927 encoding FFF.BBBBB.DDDDD).
 // The simulated guests (accelmon/sim/spec.py guest_gpu_slot) place GPU i at the same slot.
+// Defined for i < 24 (8 functions × 3 bridges); the estate seeds at most 2 GPUs per VM.
 func gpuSlot(i int) int32 {
 	return int32((i/3)<<10 | (6+i%3)<<5)
 }
