@@ -17,18 +17,11 @@ VM is kept and flagged unjoined.
 
 Match (agent GPU → VM GPU device), per VM
 -----------------------------------------
-1. Split the VM's devices into vGPU (``backing = vgpu``) and physical (passthrough, dynamic
-   DirectPath); split the agent's physical GPUs (not ``MIG-…`` instances) the same way by
-   the virtualization mode it reports (``vgpu`` ↔ vGPU; anything else ↔ physical; unknown
-   mode joins whichever class has devices left).
-2. vGPU: a GPU whose reported profile equals a device's ``vgpu_profile`` takes that device
-   (lowest device key first).
-3. The rest pair in order: devices by ``device_key`` (vSphere places PCI passthrough devices
-   in the guest's slots in key order), GPUs by guest PCI bus id. With one GPU per VM - the
-   common case - this is exact; with several identical GPUs the order rule is what vSphere
-   guarantees.
-4. MIG instances inherit the device of the physical GPU with the same guest PCI bus id.
-5. Leftover GPUs stay joined to the VM with no device; leftover devices have no GPU.
+:func:`accelmon.identity.match_vm_gpus`, the one rule the exporter and the analytics use too
+(docs/analytics.md, "Joining GPUs to VMs"): host PCI id of the passthrough backing, then the
+device's ``slotInfo.pciSlotNumber`` ↔ the guest PCI address, then vGPU profile/framebuffer,
+then the only device left; ``ambiguous`` (no device) where nothing tells two devices apart.
+Each join carries the evidence used. An unmatched GPU stays joined to the VM with no device.
 """
 
 from __future__ import annotations
@@ -39,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accelmon.config import AgentsConfig
+from accelmon.identity import UNMATCHED, match_vm_rows
 
 
 def normalize_bios_uuid(u: str | None) -> str:
@@ -97,6 +91,7 @@ class GpuJoin:
     agent_url: str | None
     vm: VmRecord | None
     device: dict[str, Any] | None  # inv_vm_gpu row
+    evidence: str = UNMATCHED  # how the device was matched (accelmon.identity.EVIDENCE)
 
 
 def _pick_ip(ips: Iterable[str]) -> str | None:
@@ -130,55 +125,11 @@ def agent_targets(vms: Iterable[VmRecord], cfg: AgentsConfig) -> list[str]:
     return sorted(out)
 
 
-def _is_mig(gpu: dict[str, Any]) -> bool:
-    return str(gpu.get("gpu_uuid", "")).startswith("MIG-")
-
-
-def _is_vgpu_mode(mode: Any) -> bool | None:
-    if not mode:
-        return None
-    return str(mode).lower() in ("vgpu", "vgpu_guest", "host_vgpu")
-
-
-def match_gpus(vm: VmRecord, gpus: list[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
-    """The documented rule (module docstring): agent GPU uuid → VM device row (or None)."""
-    physical = [g for g in gpus if not _is_mig(g)]
-    devs_v = [d for d in vm.devices if d.get("backing") == "vgpu"]
-    devs_p = [d for d in vm.devices if d.get("backing") != "vgpu"]
-    out: dict[str, dict[str, Any] | None] = {g["gpu_uuid"]: None for g in gpus}
-
-    def bus(g: dict[str, Any]) -> str:
-        return str(g.get("pci_bus_id") or "").lower()
-
-    g_v = sorted((g for g in physical if _is_vgpu_mode(g.get("virtualization_mode")) is True), key=bus)
-    g_p = sorted((g for g in physical if _is_vgpu_mode(g.get("virtualization_mode")) is False), key=bus)
-    g_u = sorted((g for g in physical if _is_vgpu_mode(g.get("virtualization_mode")) is None), key=bus)
-
-    # vGPU: exact profile match first
-    for g in list(g_v):
-        prof = (g.get("vgpu_profile") or "").lower()
-        if not prof:
-            continue
-        for d in devs_v:
-            if (d.get("vgpu_profile") or "").lower() == prof:
-                out[g["gpu_uuid"]] = d
-                devs_v.remove(d)
-                g_v.remove(g)
-                break
-    for gs, ds in ((g_v, devs_v), (g_p, devs_p)):
-        for g, d in zip(gs, list(ds), strict=False):
-            out[g["gpu_uuid"]] = d
-            ds.remove(d)
-    rest = devs_p + devs_v
-    rest.sort(key=lambda d: d.get("device_key") or 0)
-    for g, d in zip(g_u, rest, strict=False):
-        out[g["gpu_uuid"]] = d
-    # MIG instances follow their parent (same guest bus id)
-    by_bus = {bus(g): out[g["gpu_uuid"]] for g in physical}
-    for g in gpus:
-        if _is_mig(g):
-            out[g["gpu_uuid"]] = by_bus.get(bus(g))
-    return out
+def match_gpus(vm: VmRecord, gpus: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any] | None, str]]:
+    """Agent GPU uuid → (the VM's device row or None, the evidence), by the one rule."""
+    by_key = {int(d["device_key"]): d for d in vm.devices}
+    return {u: (by_key.get(m.device_key) if m.device_key is not None else None, m.evidence)
+            for u, m in match_vm_rows(vm.devices, gpus).items()}
 
 
 def join_agents(
@@ -203,9 +154,10 @@ def join_agents(
     for a in agents:
         vm = find(a.vm_bios_uuid)
         agent_vm[a.url] = vm
-        devices = match_gpus(vm, a.gpus) if vm else {g["gpu_uuid"]: None for g in a.gpus}
+        devices = match_gpus(vm, a.gpus) if vm else {}
         for g in a.gpus:
-            joins[g["gpu_uuid"]] = GpuJoin(g["gpu_uuid"], a.url, vm, devices.get(g["gpu_uuid"]))
+            dev, evidence = devices.get(g["gpu_uuid"], (None, UNMATCHED))
+            joins[g["gpu_uuid"]] = GpuJoin(g["gpu_uuid"], a.url, vm, dev, evidence)
     for uuid, bios in gpu_bios.items():
         if uuid not in joins:
             joins[uuid] = GpuJoin(uuid, None, find(bios), None)

@@ -104,8 +104,10 @@ class GpuCollector(Collector):
             "under": G("accelmon_gpu_underutilized",
                        "1 when the latest analytics run found the GPU underutilized, else 0.", labels=GPU_LABELS),
         }
-        info = G("accelmon_gpu_info", "Identity of a GPU: source, model, VM device backing and vGPU profile.",
-                 labels=["gpu_uuid", "vm_uuid", "source", "model", "backing", "vgpu_profile", "agent"])
+        info = G("accelmon_gpu_info",
+                 "Identity of a GPU: source, model, VM device backing and vGPU profile, and the evidence that matched "
+                 "it to the VM device (accelmon.identity).",
+                 labels=["gpu_uuid", "vm_uuid", "source", "model", "backing", "vgpu_profile", "agent", "match_evidence"])
         place = G("accelmon_gpu_placement_info",
                   "Where a GPU's VM device sits now: host, cluster, host PCI id, host NUMA node (changes on vMotion).",
                   labels=["gpu_uuid", "vm_uuid", "host", "cluster", "host_pci_id", "host_numa_node"])
@@ -143,7 +145,7 @@ class GpuCollector(Collector):
             info.add(
                 (uuid, lv[2], r.get("source") or "", models.get(uuid, ""),
                  (dev or {}).get("backing") or "", (dev or {}).get("vgpu_profile") or "",
-                 (j.agent_url if j else None) or ""),
+                 (j.agent_url if j else None) or "", j.evidence if j and j.vm is not None else ""),
                 1.0,
             )
             if vm is not None and dev is not None:

@@ -45,7 +45,7 @@ from pynvml import NVMLError
 
 from accelmon.sim.clock import AcceleratedClock, Clock
 from accelmon.sim.ring import driver_now_us, last_period_util, ring_samples
-from accelmon.sim.spec import GpuSpec, SimSpec, load_spec, mig_profile_mib
+from accelmon.sim.spec import GpuSpec, SimSpec, guest_gpu_bus, load_spec, mig_profile_mib
 from accelmon.sim.traces import Trace, make_trace, noise
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -173,7 +173,7 @@ class SimGpu:
         self.mode = spec.mode
         self.uuid = "GPU-" + _uuid(sim.spec.seed, "gpu", index)
         self.serial = str(1320000000000 + int(self.uuid[4:12], 16) % 9999999999)
-        self.bus = 0x0B + 8 * index  # guest (virtual) PCI slot, as VMware lays passthrough devices out
+        self.bus = guest_gpu_bus(index)  # guest (virtual) PCI bus of the device's pciSlotNumber
         self.trace: Trace = make_trace(spec.trace, spec.seed, base_dir=sim.spec.base_dir, anchor=sim.start)
         if self.mode == "vgpu":
             self.fb_bytes = _vgpu_fb_mib(spec.vgpu_profile or "") * 2**20

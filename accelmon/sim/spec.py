@@ -35,6 +35,25 @@ from pathlib import Path
 from typing import Any
 
 from accelmon.errors import UserError
+from accelmon.identity import slot_guest_address
+
+
+def guest_gpu_slot(index: int) -> int | None:
+    """The ``pciSlotNumber`` the simulated estate gives a VM's ``index``-th GPU device, and so
+    where the simulated guest sees that GPU: one PCIe root port each, on pciBridge5, 6, 7 (4
+    holds the NIC, slot 160), function 0, then function 1, ... (KB 2047927 encoding,
+    accelmon.identity). The vCenter simulator (accelmon/sim/vcsim/seed_vms.go ``gpuSlot``)
+    uses the same formula. None past the 24 such ports."""
+    if not 0 <= index < 24:
+        return None
+    bridge, fn = 5 + index % 3, index // 3
+    return (fn << 10) | ((bridge + 1) << 5)
+
+
+def guest_gpu_bus(index: int) -> int:
+    """Guest PCI bus of the ``index``-th simulated GPU: its slot decoded (0x0b, 0x13, 0x1b, 0x0c, ...)."""
+    addr = slot_guest_address(guest_gpu_slot(index))
+    return addr[0] if addr else 0x23 + index - 24
 
 
 @dataclass(frozen=True)

@@ -348,6 +348,8 @@ INV_VM_GPU = _register(
             C("device_numa_node", _I16, "vSphere 8 VirtualDevice.numaNode (virtual node) if set"),
             C("migrate_supported", _BOOL, "VmiopBackingInfo.migrateSupported"),
             C("vgpu_migrate_data_bytes", _I64, "VmiopBackingInfo.vgpuMigrateDataSizeMB × 2^20 (vSphere 8; drives stun time)"),
+            C("pci_slot_number", _I32,
+              "VirtualDevice.slotInfo.pciSlotNumber: the guest PCI slot (GPU ↔ device join, docs/analytics.md)"),
         ),
         partition_ts="snapshot_ts",
         sort_by=("vcenter_uuid", "vm_moref", "device_key"),

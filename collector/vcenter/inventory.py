@@ -184,6 +184,7 @@ def _devices(val: ET.Element | None) -> list[dict[str, Any]]:
         dev: dict[str, Any] = {
             "key": rx.child_int(d, "key"),
             "numa_node": rx.child_int(d, "numaNode"),
+            "slot": rx.child_int(d.find(rx.q("slotInfo")), "pciSlotNumber"),  # VirtualDevicePciBusSlotInfo
             "backing": "other",
             "pci": None,
             "profile": None,
@@ -451,6 +452,7 @@ class Model:
                         "device_key": d["key"],
                         "backing": d["backing"],
                         "host_pci_id": pci,
+                        "pci_slot_number": d["slot"],
                         "vgpu_profile": d["profile"],
                         "vgpu_fb_bytes": fb,
                         "host_numa_node": node_of.get(pci) if pci else None,

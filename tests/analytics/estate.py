@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from accelmon.identity import guest_bus_slot
 from accelmon.store.writer import Store
 
 GIB = 1 << 30
@@ -28,6 +29,7 @@ class Vm:
     affinity: str | None = None
     bios: str = ""
     gpu_uuids: list[str] = field(default_factory=list)
+    guest_buses: list[int] = field(default_factory=list)  # guest PCI bus of device k (its pciSlotNumber decoded)
 
 
 HOSTS = {
@@ -63,7 +65,10 @@ def vms() -> list[Vm]:
     ]
     # vm-402 also gets a GPU on node 0 of esx-b1 next to the busy VM's: split across nodes
     v[7].gpus.append(("0001:3b:00.0", "passthrough", 0, None))
+    # ... and its guest shows the devices in the reverse of their key order (slot decides, not order)
+    v[7].guest_buses = [0x14, 0x13]
     for i, x in enumerate(v):
+        x.guest_buses = x.guest_buses or [0x13 + k for k in range(len(x.gpus))]
         x.bios = f"4221{i:04x}-aaaa-bbbb-cccc-{i:012x}"
         x.gpu_uuids = [f"GPU-{i:02d}{k}-0000-1111-2222-{i:012x}" for k in range(len(x.gpus))]
     return v
@@ -92,7 +97,8 @@ def write_inventory(st: Store) -> list[Vm]:
         for v in vs])
     st.append("inv_vm_gpu", [
         {**snap, "vm_moref": v.moref, "device_key": 13000 + k, "backing": b, "host_pci_id": p, "vgpu_profile": prof,
-         "vgpu_fb_bytes": 10 * GIB if prof else None, "host_numa_node": n}
+         "vgpu_fb_bytes": 10 * GIB if prof else None, "host_numa_node": n,
+         "pci_slot_number": guest_bus_slot(v.guest_buses[k])}
         for v in vs for k, (p, b, n, prof) in enumerate(v.gpus)])
     return vs
 
@@ -107,7 +113,7 @@ def write_agents_and_samples(st: Store, vs: list[Vm], step_s: int = 60, seed: in
             continue
         for k, (gu, (_p, b, _n, prof)) in enumerate(zip(v.gpu_uuids, v.gpus, strict=True)):
             agents.append({"ts": T0, "agent_url": f"http://{v.name}:9835/metrics", "vm_bios_uuid": v.bios,
-                           "hostname": v.name, "gpu_uuid": gu, "gpu_index": k, "pci_bus_id": f"00000000:{0x13 + k:02x}:00.0",
+                           "hostname": v.name, "gpu_uuid": gu, "gpu_index": k, "pci_bus_id": f"00000000:{v.guest_buses[k]:02X}:00.0",
                            "model_name": "NVIDIA A100-PCIE-40GB", "virtualization_mode": b if b == "passthrough" else "vgpu",
                            "vgpu_profile": prof, "mig_mode": False, "numa_node": -1,
                            "fb_total_bytes": (10 if prof else 40) * GIB})

@@ -18,24 +18,27 @@ def test_bios_swap_roundtrip():
     assert swap_bios(swap_bios(u)) == u
 
 
-def test_agent_gpus_match_devices_by_order_and_swapped_bios(tmp_path):
+def test_agent_gpus_match_devices_by_slot_and_swapped_bios(tmp_path):
     st = Store(tmp_path)
     vs = write_inventory(st)
     split = next(v for v in vs if v.name == "numa-split")  # two devices: keys 13000, 13001
+    assert split.guest_buses == [0x14, 0x13]  # the guest shows device 13000 *behind* 13001
     agents = [
-        # reported in reverse PCI order, BIOS UUID upper-case and byte-swapped
+        # BIOS UUID upper-case and byte-swapped; GPU-first sits at the lower guest bus, but on
+        # the slot of device 13001: the slot decides, not sorted order
         {"ts": SNAP, "vm_bios_uuid": swap_bios(split.bios).upper(), "gpu_uuid": "GPU-second",
-         "pci_bus_id": "00000000:1C:00.0"},
+         "pci_bus_id": "00000000:14:00.0", "virtualization_mode": "passthrough"},
         {"ts": SNAP, "vm_bios_uuid": swap_bios(split.bios).upper(), "gpu_uuid": "GPU-first",
-         "pci_bus_id": "00000000:13:00.0"},
+         "pci_bus_id": "00000000:13:00.0", "virtualization_mode": "passthrough"},
         {"ts": SNAP, "vm_bios_uuid": "ffffffff-0000-0000-0000-000000000000", "gpu_uuid": "GPU-orphan"},
     ]
     st.append("agent_gpu", agents)
     m = {r["gpu"]: r for r in gpu_vm_map(st.connect()).to_dicts()}
-    assert m["GPU-first"]["vm_moref"] == split.moref and m["GPU-first"]["device_key"] == 13000
-    assert m["GPU-second"]["device_key"] == 13001
-    assert m["GPU-first"]["host_pci_id"] == split.gpus[0][0]
-    assert m["GPU-orphan"]["vm_moref"] is None
+    assert m["GPU-first"]["vm_moref"] == split.moref and m["GPU-first"]["device_key"] == 13001
+    assert m["GPU-second"]["device_key"] == 13000
+    assert m["GPU-second"]["host_pci_id"] == split.gpus[0][0]
+    assert m["GPU-first"]["match_evidence"] == m["GPU-second"]["match_evidence"] == "pci_slot"
+    assert m["GPU-orphan"]["vm_moref"] is None and m["GPU-orphan"]["match_evidence"] is None
 
 
 def test_affinity_parsing():

@@ -80,40 +80,51 @@ def test_join_is_by_bios_uuid_not_ip_and_unjoined_agents_are_kept() -> None:
     assert joins["GPU-c"].vm is v2
 
 
-def test_several_passthrough_gpus_pair_by_device_key_and_guest_bus_id() -> None:
-    # devices listed out of order; guest bus ids out of order: key order ↔ bus order
-    v = vm("vm-1", BIOS, [dev(13002, host_pci_id="0000:b1:00.0"), dev(13000, host_pci_id="0000:3b:00.0"),
-                          dev(13001, host_pci_id="0000:5e:00.0")])
-    v.devices.sort(key=lambda d: d["device_key"])
-    gs = [gpu("GPU-z", "00000000:1b:00.0"), gpu("GPU-x", "00000000:0b:00.0"), gpu("GPU-y", "00000000:13:00.0")]
+def test_several_passthrough_gpus_pair_by_slot_not_by_key_or_bus_order() -> None:
+    # keys 13000 < 13001 < 13002, but the guest shows them in the reverse order: the slot decides
+    v = vm("vm-1", BIOS, [dev(13002, host_pci_id="0000:b1:00.0", pci_slot_number=192),
+                          dev(13000, host_pci_id="0000:3b:00.0", pci_slot_number=256),
+                          dev(13001, host_pci_id="0000:5e:00.0", pci_slot_number=224)])
+    gs = [gpu("GPU-z", "00000000:1b:00.0"), gpu("GPU-x", "00000000:0B:00.0"), gpu("GPU-y", "00000000:13:00.0")]
     m = match_gpus(v, gs)
-    assert {u: d["host_pci_id"] for u, d in m.items()} == {
-        "GPU-x": "0000:3b:00.0", "GPU-y": "0000:5e:00.0", "GPU-z": "0000:b1:00.0"}
+    assert {u: (d or {}).get("host_pci_id") for u, (d, _) in m.items()} == {
+        "GPU-x": "0000:b1:00.0", "GPU-y": "0000:5e:00.0", "GPU-z": "0000:3b:00.0"}
+    assert {e for _, e in m.values()} == {"pci_slot"}
+
+
+def test_identical_passthrough_gpus_without_slots_are_ambiguous_not_paired_by_order() -> None:
+    v = vm("vm-1", BIOS, [dev(13000, host_pci_id="0000:3b:00.0"), dev(13001, host_pci_id="0000:5e:00.0")])
+    m = match_gpus(v, [gpu("GPU-x", "00000000:0b:00.0"), gpu("GPU-y", "00000000:13:00.0")])
+    assert m == {"GPU-x": (None, "ambiguous"), "GPU-y": (None, "ambiguous")}
+    _, joins = join_agents([v], [AgentRecord("http://a", BIOS, "g", [gpu("GPU-x", "00000000:0b:00.0"),
+                                                                     gpu("GPU-y", "00000000:13:00.0")])], {})
+    assert joins["GPU-x"].vm is v and joins["GPU-x"].device is None and joins["GPU-x"].evidence == "ambiguous"
 
 
 def test_vgpu_profile_match_mixed_backings_mig_and_leftovers() -> None:
     v = vm("vm-1", BIOS, [
         dev(13000, "vgpu", vgpu_profile="grid_a100-20c"),
         dev(13001, "vgpu", vgpu_profile="grid_a100-10c"),
-        dev(13002, "passthrough", host_pci_id="0000:3b:00.0"),
+        dev(13002, "passthrough", host_pci_id="0000:3b:00.0", pci_slot_number=256),
     ])
     gs = [
-        gpu("GPU-v10", "00000000:0b:00.0", "vgpu", vgpu_profile="GRID_A100-10C"),
-        gpu("GPU-v20", "00000000:13:00.0", "vgpu", vgpu_profile="grid_a100-20c"),
+        gpu("GPU-v10", "00000000:0b:00.0", "vgpu", vgpu_profile="A100-10C"),
+        gpu("GPU-v20", "00000000:13:00.0", "vgpu", vgpu_profile="GRID A100-20C"),
         gpu("GPU-p", "00000000:1b:00.0", "passthrough"),
         gpu("MIG-p1", "00000000:1b:00.0", "passthrough"),
-        gpu("GPU-extra", "00000000:2b:00.0", "passthrough"),
+        gpu("GPU-extra", "00000000:0c:00.0", "passthrough"),
     ]
     m = match_gpus(v, gs)
-    assert m["GPU-v10"]["device_key"] == 13001
-    assert m["GPU-v20"]["device_key"] == 13000
-    assert m["GPU-p"]["device_key"] == 13002
-    assert m["MIG-p1"]["device_key"] == 13002  # MIG instance follows its parent GPU
-    assert m["GPU-extra"] is None  # more GPUs in the guest than devices: joined VM, no device
+    assert m["GPU-v10"] == (v.devices[1], "vgpu_profile")
+    assert m["GPU-v20"] == (v.devices[0], "vgpu_profile")
+    assert m["GPU-p"] == (v.devices[2], "pci_slot")
+    assert m["MIG-p1"] == (v.devices[2], "pci_slot")  # MIG instance follows its parent GPU
+    assert m["GPU-extra"] == (None, "unmatched")  # more GPUs in the guest than devices: joined VM, no device
 
 
-def test_unknown_mode_takes_remaining_devices_in_key_order() -> None:
+def test_unknown_mode_joins_by_profile_then_the_only_device_left() -> None:
     v = vm("vm-1", BIOS, [dev(13001, "dynamic"), dev(13000, "vgpu", vgpu_profile="grid_l4-24q")])
-    v.devices.sort(key=lambda d: d["device_key"])
-    m = match_gpus(v, [gpu("GPU-2", "00000000:13:00.0", None), gpu("GPU-1", "00000000:0b:00.0", None)])
-    assert m["GPU-1"]["device_key"] == 13000 and m["GPU-2"]["device_key"] == 13001
+    m = match_gpus(v, [gpu("GPU-2", "00000000:13:00.0", None),
+                       gpu("GPU-1", "00000000:0b:00.0", None, vgpu_profile="L4-24Q")])
+    assert m["GPU-1"] == (v.devices[1], "vgpu_profile")
+    assert m["GPU-2"] == (v.devices[0], "only_device")

@@ -55,6 +55,7 @@ def test_inventory_matches_manifest(estate: Vcsim, source: VCenterSource, store:
         assert got["backing"] == g["kind"]
         assert got["host_pci_id"] == g["host_pci_id"]
         assert got["host_numa_node"] == g["numa_node"]
+        assert got["pci_slot_number"] is not None and got["pci_slot_number"] == g["pci_slot_number"]
         if g["kind"] == "vgpu":
             assert got["vgpu_profile"] == g["vgpu_profile"]
             assert got["vgpu_fb_bytes"] == g["fb_gib"] << 30

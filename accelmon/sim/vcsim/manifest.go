@@ -54,6 +54,7 @@ type mHost struct {
 type mVMGPU struct {
 	Kind      string  `json:"kind"` // passthrough | dynamic | vgpu
 	DeviceKey int32   `json:"device_key"`
+	PciSlot   int32   `json:"pci_slot_number"`
 	HostPciID *string `json:"host_pci_id"`
 	NumaNode  *int    `json:"numa_node"`
 	Profile   *string `json:"vgpu_profile"`
@@ -244,8 +245,8 @@ func buildManifest(e *estate, start time.Time, timings map[string]any) *manifest
 			a := joinInts(v.Affinity)
 			mv.NodeAffinity = &a
 		}
-		for _, d := range v.GPUs {
-			g := mVMGPU{Kind: d.Kind, DeviceKey: d.Key}
+		for i, d := range v.GPUs {
+			g := mVMGPU{Kind: d.Kind, DeviceKey: d.Key, PciSlot: gpuSlot(i)}
 			if d.GPU != nil {
 				id, node := d.GPU.PciID, d.GPU.Node
 				g.HostPciID, g.NumaNode = &id, &node

@@ -29,6 +29,14 @@ func taskResult(ref types.ManagedObjectReference) (types.AnyType, error) {
 	return t.Info.Result, nil
 }
 
+// gpuSlot is the pciSlotNumber of a VM's i-th GPU device: a PCIe root port of its own on
+// pciBridge5, 6, 7 (4 holds the NIC), function 0, then 1, ... (KB 2047927 encoding FFF.BBBBB.DDDDD).
+// The simulated guests (accelmon/sim/spec.py guest_gpu_slot) place GPU i at the same slot.
+// Defined for i < 24 (8 functions × 3 bridges); the estate seeds at most 2 GPUs per VM.
+func gpuSlot(i int) int32 {
+	return int32((i/3)<<10 | (6+i%3)<<5)
+}
+
 func gpuDevice(v *vmPlan, hp *hostPlan, d *vmGPU, i int) types.BaseVirtualDevice {
 	m := hp.Model
 	unit := int32(18 + i)
@@ -36,7 +44,7 @@ func gpuDevice(v *vmPlan, hp *hostPlan, d *vmGPU, i int) types.BaseVirtualDevice
 		Key:           d.Key,
 		ControllerKey: 100,
 		UnitNumber:    &unit,
-		SlotInfo:      &types.VirtualDevicePciBusSlotInfo{PciSlotNumber: int32(160 + 32*i)},
+		SlotInfo:      &types.VirtualDevicePciBusSlotInfo{PciSlotNumber: gpuSlot(i)},
 	}}
 	label := fmt.Sprintf("PCI device %d", i)
 	switch d.Kind {
