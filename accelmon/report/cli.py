@@ -58,7 +58,9 @@ def csv_cell(v: Any) -> Any:
 
 def findings_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    # RFC 4180 line ends (CRLF): the csv module then also quotes a field holding a lone CR, which with
+    # lineterminator="\n" (Python 3.11) it wrote bare, splitting the row for every reader
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\r\n")
     w.writeheader()
     for r in rows:
         w.writerow({k: csv_cell(v) for k, v in r.items() if k in CSV_FIELDS})

