@@ -119,3 +119,14 @@ def test_source_follows_the_file_and_keeps_the_last_good_one(tmp_path: Path) -> 
     os.utime(wc, (2, 2))
     assert src.authorized(basic("prom", "two")["Authorization"])
     assert not src.authorized(None)
+
+
+def test_the_shipped_example_is_valid(tmp_path: Path) -> None:
+    import yaml
+
+    example = Path(__file__).resolve().parents[2] / "deploy" / "web-config.yml"
+    doc = yaml.safe_load(example.read_text())
+    cert, key = self_signed(tmp_path)  # the example's certificate paths exist only on a real host
+    doc["tls_server_config"].update(cert_file=str(cert), key_file=str(key))
+    cfg = load(write_web_config(tmp_path / "web.yml", doc))
+    assert cfg.tls is not None and set(cfg.users) == {"prometheus"}
