@@ -256,3 +256,28 @@ def test_server_close_ends_idle_connection_threads() -> None:
     assert httpd.open_connections() == 0 or _eof(s)
     assert _eof(s)
     s.close()
+
+
+def test_certificate_rotation_applies_to_the_next_connection(tmp_path: Path) -> None:
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    old_dir.mkdir()
+    new_dir.mkdir()
+    cert, key = self_signed(old_dir)
+    new_cert, new_key = self_signed(new_dir)
+    live_cert, live_key = tmp_path / "live.crt", tmp_path / "live.key"
+    live_cert.write_bytes(cert.read_bytes())
+    live_key.write_bytes(key.read_bytes())
+    wc = write_web_config(tmp_path / "web.yml", {"tls_server_config": {"cert_file": "live.crt", "key_file": "live.key"}})
+    with endpoint("exporter", web_config_file=wc) as srv:
+        url = srv.url + "/metrics"
+        assert requests.get(url, verify=str(cert), timeout=10).status_code == 200
+        live_cert.write_bytes(new_cert.read_bytes())
+        live_key.write_bytes(new_key.read_bytes())
+        os.utime(live_cert, (1, 1))
+        os.utime(live_key, (1, 1))
+        assert requests.get(url, verify=str(new_cert), timeout=10).status_code == 200
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(url, verify=str(cert), timeout=10)
+        live_key.write_text("not a key\n")  # a broken rotation: the last good certificate stays in use
+        os.utime(live_key, (2, 2))
+        assert requests.get(url, verify=str(new_cert), timeout=10).status_code == 200

@@ -130,3 +130,23 @@ def test_the_shipped_example_is_valid(tmp_path: Path) -> None:
     doc["tls_server_config"].update(cert_file=str(cert), key_file=str(key))
     cfg = load(write_web_config(tmp_path / "web.yml", doc))
     assert cfg.tls is not None and set(cfg.users) == {"prometheus"}
+
+
+def test_config_keys(tmp_path: Path) -> None:
+    from accelmon.config import ConfigError, parse
+
+    wc = write_web_config(tmp_path / "web.yml", {})
+    cfg = parse({"exporter": {"web_config_file": str(wc), "backlog": 256, "idle_timeout": "5s", "max_connections": 8},
+                 "agent": {"web_config_file": str(wc)}}, "t.toml", env={})
+    assert cfg.exporter.web_config_file == wc and cfg.exporter.backlog == 256 and cfg.exporter.idle_timeout == 5.0
+    assert cfg.agent.web_config_file == wc and cfg.agent.backlog == 128 and cfg.agent.max_connections == 64
+    cert, key = self_signed(tmp_path)
+    for raw, line in (
+        ({"exporter": {"web_config_file": str(tmp_path / "nope.yml")}}, "t.toml: exporter.web_config_file: file not found"),
+        ({"agent": {"backlog": 0}}, "t.toml: agent.backlog:"),
+        ({"exporter": {"idle_timeout": "soon"}}, "t.toml: exporter.idle_timeout:"),
+        ({"agent": {"tls_cert": str(cert), "tls_key": str(key), "web_config_file": str(wc)}}, "t.toml: agent: give TLS"),
+    ):
+        with pytest.raises(ConfigError) as ei:
+            parse(raw, "t.toml", env={})
+        assert len(ei.value.lines) == 1 and ei.value.lines[0].startswith(line), ei.value.lines
