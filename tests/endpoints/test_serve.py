@@ -281,3 +281,20 @@ def test_certificate_rotation_applies_to_the_next_connection(tmp_path: Path) -> 
         live_key.write_text("not a key\n")  # a broken rotation: the last good certificate stays in use
         os.utime(live_key, (2, 2))
         assert requests.get(url, verify=str(new_cert), timeout=10).status_code == 200
+
+
+def test_agent_refuses_bearer_token_and_basic_auth_together(tmp_path: Path) -> None:
+    from accelmon.collector.agent.server import AgentHTTPServer, TokenSource
+
+    from accelmon.errors import UserError
+
+    from .helpers import sim_agent
+
+    wc = write_web_config(tmp_path / "web.yml", {"basic_auth_users": {"prom": bcrypt_hash("pw")}})
+    agent = sim_agent()
+    try:
+        with pytest.raises(UserError, match="basic_auth_users and a bearer token") as ei:
+            AgentHTTPServer(agent, "127.0.0.1:0", tokens=TokenSource("s3cret-tok-123"), web_config_file=wc)
+        assert "s3cret" not in str(ei.value)
+    finally:
+        agent.close()
