@@ -5,11 +5,14 @@ What the stdlib ``ThreadingHTTPServer`` lacks for an endpoint on a network:
 * a listen **backlog** larger than socketserver's 5 (``backlog``, default 128), so a burst of
   scrapers (or a Prometheus HA pair plus the daemon) is not refused at the SYN queue;
 * an **idle timeout**: a keep-alive connection that sends no request for ``idle_timeout`` seconds
-  is closed (so is one that stalls in the middle of a request or a TLS handshake);
+  is closed (so is one that sends nothing for that long in the middle of a request or a TLS
+  handshake; every read and write is bounded by it);
 * a **bounded number of connection threads** (``max_connections``): one thread per open connection,
   as the stdlib does, but never more than the bound. When the bound is reached, the connection
   that has been idle longest is closed to make room (keep-alive connections are a convenience, a
-  client reopens one); only when every connection is busy serving a request is a new one refused.
+  client reopens one; a connection still sending its request line or headers counts as idle, so
+  slow senders cannot hold the slots); only when every connection is busy serving a request is a
+  new one refused.
   1,000 idle connections therefore hold at most ``max_connections`` threads, and a scrape arriving
   meanwhile is still served;
 * **TLS and basic auth** from a Prometheus web config file (:mod:`accelmon.webconfig`); the TLS
@@ -57,8 +60,11 @@ class HardenedHandler(BaseHTTPRequestHandler):
         super().handle_one_request()
 
     def parse_request(self) -> bool:
-        self.server._mark(self.connection, idle=False)  # the request line is in: busy until the next one
-        return super().parse_request()
+        # reads the headers; until they are all in, the connection counts as idle (evictable), so a
+        # client dripping headers cannot hold a slot against others
+        ok = super().parse_request()
+        self.server._mark(self.connection, idle=False)  # busy until its response is written
+        return ok
 
     def end_headers(self) -> None:
         for k, v in self.server.web.current().headers.items():
@@ -133,9 +139,10 @@ class HardenedHTTPServer(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
-            self._evict_idle()
-            # every slot busy with a request in progress: wait briefly for one, then refuse
-            if not self._slots.acquire(timeout=1.0):
+            # an evicted connection's thread frees its slot as soon as it runs; with every connection
+            # busy serving a request, wait briefly for one to finish, then refuse
+            wait_s = 10.0 if self._evict_idle() else 1.0
+            if not self._slots.acquire(timeout=wait_s):
                 self.refused += 1
                 log.warning("http: %d connections busy; refusing a connection from %s",
                             self.limits.max_connections, client_address[0])
@@ -183,15 +190,17 @@ class HardenedHTTPServer(ThreadingHTTPServer):
         except OSError:
             pass
 
-    def _evict_idle(self) -> None:
+    def _evict_idle(self) -> bool:
+        """Close the longest-idle connection; False if every connection is busy."""
         with self._conns_lock:
             idle = [(since, c) for c, since in self._conns.items() if since is not None]
             if not idle:
-                return
+                return False
             _, oldest = min(idle, key=lambda x: x[0])
             self._conns[oldest] = None  # not picked twice
         self.evicted += 1
         self._abort(oldest)
+        return True
 
     def server_close(self) -> None:
         super().server_close()

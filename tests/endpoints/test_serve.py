@@ -147,7 +147,7 @@ def test_connection_threads_are_bounded_and_a_scrape_gets_through(kind: str) -> 
 def test_a_stalled_tls_handshake_does_not_block_others(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     wc = write_web_config(tmp_path / "web.yml", {"tls_server_config": {"cert_file": str(cert), "key_file": str(key)}})
-    with endpoint("agent", web_config_file=wc, limits=ServerLimits(idle_timeout_s=1.0)) as srv:
+    with endpoint("agent", web_config_file=wc, limits=ServerLimits(idle_timeout_s=2.0)) as srv:
         stalled = socket.create_connection(("127.0.0.1", srv.port), timeout=10)  # connects, never says hello
         try:
             ctx = ssl.create_default_context(cafile=str(cert))
@@ -298,3 +298,19 @@ def test_agent_refuses_bearer_token_and_basic_auth_together(tmp_path: Path) -> N
         assert "s3cret" not in str(ei.value)
     finally:
         agent.close()
+
+
+def test_clients_dripping_headers_cannot_hold_the_slots() -> None:
+    bound = 4
+    with endpoint("exporter", limits=ServerLimits(idle_timeout_s=600.0, max_connections=bound)) as srv:
+        slow = []
+        for _ in range(3 * bound):  # each sends a request line and one header, then nothing more
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            slow.append(s)
+        try:
+            assert requests.get(srv.url + "/metrics", timeout=30).status_code == 200
+            assert srv.refused == 0 and srv.evicted >= 2 * bound
+        finally:
+            for s in slow:
+                s.close()
