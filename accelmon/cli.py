@@ -121,9 +121,16 @@ def _delegate(module: str, func: str, what: str) -> Callable[..., int]:
 @app.command()
 def run(
     once: Annotated[bool, typer.Option("--once", help="Poll every source once, flush and exit.")] = False,
+    web_config: Annotated[Path | None, typer.Option(
+        "--web.config.file", help="Prometheus web config file (TLS, basic auth) for /metrics "
+        "(default: exporter.web_config_file).", show_default=False)] = None,
 ) -> None:
     """Run the daemon: poll vCenter and guest agents, store samples, serve /metrics, write the daily report."""
     cfg = state.config()
+    if web_config is not None:
+        if not web_config.is_file():
+            fail(f"--web.config.file: file not found: {web_config}")
+        cfg.exporter.web_config_file = web_config
     _setup_logging(cfg)
     fn = _delegate("accelmon.daemon.main", "run_daemon", "run")
     raise typer.Exit(fn(cfg, state.store(), once=once))
@@ -136,12 +143,17 @@ def agent(
     listen: Annotated[str | None, typer.Option("--listen", help="host:port to serve /metrics on "
                                                "(default: agent.listen from the config, 0.0.0.0:9835).")] = None,
     once: Annotated[bool, typer.Option("--once", help="Poll once, print the metrics and exit.")] = False,
+    web_config: Annotated[Path | None, typer.Option(
+        "--web.config.file", help="Prometheus web config file (TLS, basic auth) for /metrics "
+        "(default: agent.web_config_file).", show_default=False)] = None,
 ) -> None:
     """Run the guest agent: read NVML in a GPU VM and serve busy/idle, PCIe, NVLink and energy counters."""
     cfg = state.config()
     _setup_logging(cfg)
+    if web_config is not None and not web_config.is_file():
+        fail(f"--web.config.file: file not found: {web_config}")
     fn = _delegate("accelmon.collector.agent.main", "run_agent", "agent")
-    raise typer.Exit(fn(cfg, simulate=simulate, listen=listen, once=once))
+    raise typer.Exit(fn(cfg, simulate=simulate, listen=listen, once=once, web_config_file=web_config))
 
 
 def _parse_when(value: str | None, option: str) -> dt.datetime | None:

@@ -215,7 +215,23 @@ class ReportConfig(_Model):
         return v
 
 
-class ExporterConfig(_Model):
+class EndpointConfig(_Model):
+    """HTTP settings shared by the exporter and the agent endpoint (docs/operations.md, "Securing the endpoints")."""
+
+    web_config_file: Path | None = None  # Prometheus exporter-toolkit web config: TLS, basic auth
+    backlog: int = Field(128, ge=1, le=65535)  # listen(2) backlog
+    idle_timeout: Duration = 30.0  # a keep-alive connection with no request for this long is closed
+    max_connections: int = Field(64, ge=1, le=10000)  # concurrent connections (one thread each)
+
+    @field_validator("web_config_file")
+    @classmethod
+    def _web_config(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"file not found: {v}")
+        return v
+
+
+class ExporterConfig(EndpointConfig):
     listen: str = "127.0.0.1:9836"
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
@@ -233,7 +249,7 @@ def _check_listen(v: str) -> str:
     return v
 
 
-class AgentConfig(_Model):
+class AgentConfig(EndpointConfig):
     """Settings of ``accelmon agent`` (the guest side)."""
 
     listen: str = "0.0.0.0:9835"
@@ -253,6 +269,8 @@ class AgentConfig(_Model):
     def _tls(self) -> AgentConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_cert is not None and self.web_config_file is not None:
+            raise ValueError("give TLS either as tls_cert/tls_key or in web_config_file, not both")
         for k in ("tls_cert", "tls_key", "token_file"):
             p = getattr(self, k)
             if p is not None and not p.is_file():

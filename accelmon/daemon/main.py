@@ -71,8 +71,8 @@ def run_daemon(cfg: Config, store: Store, *, once: bool = False) -> int:
     daemon.start()
     host, _, _ = cfg.exporter.listen.rpartition(":")
     log.info(
-        "accelmon daemon running: %d source job(s), /metrics on http://%s:%d/metrics, data in %s",
-        len(daemon.runners), host or "0.0.0.0", server.port, store.root,
+        "accelmon daemon running: %d source job(s), /metrics on %s://%s:%d/metrics, data in %s",
+        len(daemon.runners), "https" if server.httpd.tls else "http", host or "0.0.0.0", server.port, store.root,
     )
     try:
         while not stop.wait(1.0):

@@ -6,6 +6,10 @@ labelled families are :class:`~accelmon.exporter.family.FastFamily` (label strin
 once per GPU per scrape), other label sets are escaped once and cached. 2,000 GPUs are
 ~50,000 samples; ``generate_latest`` needs ~0.5 s for those on this machine. A test checks
 both give the same exposition.
+
+The HTTP side (:mod:`accelmon.httpserver`, shared with the guest agent): a listen backlog, an idle
+timeout, a bound on connection threads, and TLS / basic auth from a Prometheus web config file
+(``exporter.web_config_file``, ``accelmon run --web.config.file``). ``/healthz`` needs no credentials.
 """
 
 from __future__ import annotations
@@ -13,12 +17,10 @@ from __future__ import annotations
 import fnmatch
 import gzip
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -28,6 +30,8 @@ from accelmon.config import ExporterConfig
 from accelmon.daemon.state import DaemonState, Snapshot
 from accelmon.exporter.collectors import GpuCollector, SelfCollector, VmCollector
 from accelmon.exporter.family import FastFamily, fmt_value
+from accelmon.httpserver import HardenedHandler, HardenedHTTPServer, ServerLimits
+from accelmon.webconfig import WebConfigSource
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +122,7 @@ class Renderer:
 
 class MetricsApp:
     def __init__(self, state: DaemonState, cfg: ExporterConfig, *, process_metrics: bool = True) -> None:
+        self.cfg = cfg
         self.provider = SnapshotProvider(state)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(GpuCollector(state, self.provider))
@@ -141,12 +146,16 @@ class MetricsApp:
         return body
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(HardenedHandler):
     app: MetricsApp
-    protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 - http.server API
         path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            self._send(200, b"ok\n", "text/plain")
+            return
+        if not self.check_basic_auth():
+            return
         if path == "/metrics":
             try:
                 body = self.app.render()
@@ -159,8 +168,6 @@ class _Handler(BaseHTTPRequestHandler):
                 body = gzip.compress(body, compresslevel=1)
                 enc = "gzip"
             self._send(200, body, CONTENT_TYPE, enc)
-        elif path == "/healthz":
-            self._send(200, b"ok\n", "text/plain")
         elif path == "/":
             self._send(200, b'<html><body><a href="/metrics">/metrics</a></body></html>\n', "text/html")
         else:
@@ -179,27 +186,30 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-class _Server(ThreadingHTTPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
+def limits_of(cfg: ExporterConfig) -> ServerLimits:
+    return ServerLimits(backlog=cfg.backlog, idle_timeout_s=cfg.idle_timeout, max_connections=cfg.max_connections)
 
 
 class MetricsServer:
-    def __init__(self, app: MetricsApp, listen: str) -> None:
+    """``listen`` defaults to ``exporter.listen``; TLS/basic auth and limits come from the app's config."""
+
+    def __init__(self, app: MetricsApp, listen: str | None = None) -> None:
+        cfg = app.cfg
+        listen = listen or cfg.listen
         host, _, port = listen.rpartition(":")
         host = host.strip("[]") or "0.0.0.0"
         handler = type("Handler", (_Handler,), {"app": app})
-        server_cls = _Server6 if ":" in host else _Server
-        self.httpd = server_cls((host, int(port)), handler)
+        web = WebConfigSource(cfg.web_config_file) if cfg.web_config_file is not None else None
+        self.httpd = HardenedHTTPServer((host, int(port)), handler, web=web, limits=limits_of(cfg))
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics-http", daemon=True)
 
     @property
     def port(self) -> int:
-        return int(self.httpd.server_address[1])
+        return self.httpd.port
+
+    @property
+    def url(self) -> str:
+        return self.httpd.url
 
     def start(self) -> MetricsServer:
         self.thread.start()
@@ -210,6 +220,5 @@ class MetricsServer:
         self.httpd.server_close()
 
 
-def serve(app: MetricsApp, listen: str) -> MetricsServer:
+def serve(app: MetricsApp, listen: str | None = None) -> MetricsServer:
     return MetricsServer(app, listen).start()
-

@@ -40,12 +40,30 @@ def _write_atomic(path: Path, data: str) -> None:
     os.replace(tmp, path)
 
 
+# OWASP "CSV Injection": a cell whose first character is one of = + - @ TAB CR is taken as a formula by
+# Excel, LibreOffice Calc and Google Sheets; ASVS 1.2.10 adds NUL. Such a text cell gets a leading single
+# quote (the spreadsheet's "this is text" marker). Only strings: numbers (a negative value included) are
+# written as numbers, and the csv module quotes separators and double quotes (RFC 4180).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\0")
+
+
+def csv_cell(v: Any) -> Any:
+    """One findings.csv cell: datetimes as ISO 8601, strings made inert against formula injection."""
+    if isinstance(v, dt.datetime):
+        return v.isoformat()
+    if isinstance(v, str) and v.startswith(_FORMULA_START):
+        return "'" + v
+    return v
+
+
 def findings_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    # RFC 4180 line ends (CRLF): the csv module then also quotes a field holding a lone CR, which with
+    # lineterminator="\n" (Python 3.11) it wrote bare, splitting the row for every reader
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\r\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in r.items() if k in CSV_FIELDS})
+        w.writerow({k: csv_cell(v) for k, v in r.items() if k in CSV_FIELDS})
     return buf.getvalue()
 
 

@@ -7,6 +7,7 @@ import signal
 import socket
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from accelmon.collector.agent import nvmlerr
@@ -15,8 +16,10 @@ from accelmon.collector.agent.identity import VmIdentity, normalize_uuid, read_v
 from accelmon.collector.agent.metrics import make_registry, render
 from accelmon.collector.agent.server import AgentHTTPServer, TokenSource
 
+from accelmon import webconfig
 from accelmon.config import Config
 from accelmon.errors import UserError
+from accelmon.httpserver import ServerLimits
 
 log = logging.getLogger("accelmon.agent")
 
@@ -86,8 +89,13 @@ def build_agent(cfg: Config, simulate: str | None, *, count_history: bool = Fals
     return agent
 
 
-def run_agent(cfg: Config, *, simulate: str | None = None, listen: str | None = None, once: bool = False) -> int:
-    """Run the agent until SIGINT/SIGTERM (exit 0); ``once`` polls once and prints the metrics."""
+def run_agent(cfg: Config, *, simulate: str | None = None, listen: str | None = None, once: bool = False,
+              web_config_file: Path | None = None) -> int:
+    """Run the agent until SIGINT/SIGTERM (exit 0); ``once`` polls once and prints the metrics.
+    ``web_config_file`` (``--web.config.file``) wins over ``agent.web_config_file``."""
+    web_config_file = web_config_file or cfg.agent.web_config_file
+    if web_config_file is not None and not once:
+        webconfig.load(web_config_file)  # a bad file fails before NVML is opened
     agent = build_agent(cfg, simulate, count_history=once)
     if once:
         try:
@@ -99,13 +107,19 @@ def run_agent(cfg: Config, *, simulate: str | None = None, listen: str | None = 
         return 0
     a = cfg.agent
     token = a.token.get_secret_value() if a.token is not None else None
-    server = AgentHTTPServer(
-        agent,
-        listen or a.listen,
-        tokens=TokenSource(token, a.token_file),
-        tls_cert=a.tls_cert,
-        tls_key=a.tls_key,
-    )
+    try:
+        server = AgentHTTPServer(
+            agent,
+            listen or a.listen,
+            tokens=TokenSource(token, a.token_file),
+            tls_cert=a.tls_cert,
+            tls_key=a.tls_key,
+            web_config_file=web_config_file,
+            limits=ServerLimits(backlog=a.backlog, idle_timeout_s=a.idle_timeout, max_connections=a.max_connections),
+        )
+    except BaseException:
+        agent.close()
+        raise
     agent.poll_once()
     agent.start_polling()
     stop = threading.Event()

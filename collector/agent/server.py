@@ -1,7 +1,10 @@
-"""The agent's HTTP endpoint: ``/metrics`` (optionally behind a bearer token, optionally TLS), ``/healthz``.
+"""The agent's HTTP endpoint: ``/metrics`` (optionally behind a bearer token or basic auth, optionally
+TLS), ``/healthz``.
 
-Each request is served in its own thread from the latest poll snapshot, so a scrape never
-waits for NVML.  The token is compared in constant time and never logged.
+Each connection is served in its own thread (bounded, idle ones closed: :mod:`accelmon.httpserver`)
+from the latest poll snapshot, so a scrape never waits for NVML. TLS and basic auth come from a
+Prometheus web config file (:mod:`accelmon.webconfig`, ``--web.config.file``) or, for TLS, the older
+``tls_cert``/``tls_key``. The token and passwords are compared in constant time and never logged.
 """
 
 from __future__ import annotations
@@ -9,10 +12,6 @@ from __future__ import annotations
 import gzip
 import hmac
 import logging
-import socket
-import ssl
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,8 @@ from accelmon.collector.agent.metrics import make_registry, render
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from accelmon.errors import UserError
+from accelmon.httpserver import HardenedHandler, HardenedHTTPServer, ServerLimits
+from accelmon.webconfig import WebConfig, WebConfigSource
 
 log = logging.getLogger("accelmon.agent")
 
@@ -68,11 +69,8 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(HardenedHandler):
     server: AgentHTTPServer
-    protocol_version = "HTTP/1.1"
-    timeout = 30  # a client that stalls does not hold a thread forever
-    disable_nagle_algorithm = True  # headers and body go out at once (no 40 ms delayed-ACK stall)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("http %s - %s", self.address_string(), format % args)
@@ -98,11 +96,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         path = self.path.split("?", 1)[0]
         srv = self.server
-        if path == "/healthz":
+        if path == "/healthz":  # no credentials needed: it says only ok / no recent poll
             if srv.agent.healthy():
                 self._send(200, b"ok\n")
             else:
                 self._send(503, b"no recent NVML poll\n")
+            return
+        if not self.check_basic_auth():
             return
         if path == "/metrics":
             if not srv.tokens.check(self.headers.get("Authorization")):
@@ -117,54 +117,26 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(404, b"not found\n")
 
 
-class AgentHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class AgentHTTPServer(HardenedHTTPServer):
     def __init__(self, agent: Any, listen: str, *, tokens: TokenSource | None = None,
-                 tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
+                 tls_cert: Path | None = None, tls_key: Path | None = None,
+                 web_config_file: Path | None = None, limits: ServerLimits | None = None) -> None:
         host, port = parse_listen(listen)
-        if ":" in host:
-            self.address_family = socket.AF_INET6
         self.agent = agent
         self.tokens = tokens or TokenSource()
+        if web_config_file is not None and tls_cert is not None:
+            raise UserError("agent.tls_cert/tls_key: give TLS either here or in web_config_file, not both")
+        if tls_cert is not None:
+            web = WebConfigSource(fixed=WebConfig.from_tls_files(tls_cert, tls_key or tls_cert, "agent.tls_cert/tls_key"))
+        else:
+            web = WebConfigSource(web_config_file) if web_config_file is not None else None
+        if web is not None and web.basic_auth and self.tokens.enabled:
+            raise UserError(f"agent.token/token_file: {web_config_file}: basic_auth_users and a bearer token "
+                            "cannot both be required (one Authorization header): choose one")
         self.registry = make_registry(agent)
-        self.tls = tls_cert is not None
         try:
-            super().__init__((host, port), _Handler)
+            super().__init__((host, port), _Handler, web=web, limits=limits)
         except OSError as e:
             raise UserError(f"agent.listen: cannot listen on {listen}: {e.strerror or e}") from None
-        if tls_cert is not None:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            try:
-                ctx.load_cert_chain(str(tls_cert), str(tls_key) if tls_key else None)
-            except (OSError, ssl.SSLError) as e:
-                self.server_close()
-                raise UserError(f"agent.tls_cert/tls_key: cannot load {tls_cert}: {e}") from None
-            # the handshake happens in the request thread, not in the accept loop
-            self.socket = ctx.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
-        if self.tokens.enabled and not self.tls and host not in ("127.0.0.1", "::1", "localhost"):
-            log.warning("a bearer token is set but TLS is off: the token crosses the network in clear text")
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    @property
-    def url(self) -> str:
-        host = self.server_address[0]
-        if host in ("0.0.0.0", "::"):
-            host = "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("http: error serving %s", client_address, exc_info=True)
-
-    def serve_in_thread(self) -> threading.Thread:
-        t = threading.Thread(target=self.serve_forever, name="accelmon-agent-http", daemon=True)
-        t.start()
-        return t
-
+        if (self.tokens.enabled or self.web.basic_auth) and not self.tls and host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("credentials are required but TLS is off: they cross the network in clear text")
