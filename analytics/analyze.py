@@ -28,6 +28,7 @@ class Analysis:
     plan: consolidation.Plan
     changes: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    numa_unknown: pl.DataFrame = field(default_factory=pl.DataFrame)  # GPU VMs whose NUMA alignment is unknown
 
 
 def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | None = None,
@@ -48,6 +49,7 @@ def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | Non
     pg, ten, caps = estate.build(con, gpus, gmap, table)
     the_plan = consolidation.plan(pg, ten, caps, table, target_util_percent=th["target_util_percent"])
     generated = now or dt.datetime.now(dt.UTC)
+    alignment = numa.numa_alignment(con)
     from accelmon.analytics import findings
 
     return Analysis(
@@ -57,7 +59,8 @@ def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | Non
         thresholds=th,
         gpus=gpus,
         heat=heat,
-        numa=numa.numa_misaligned(con),
+        numa=numa.numa_misaligned(con, alignment),
+        numa_unknown=numa.numa_unknown(con, alignment),
         vmotion=vmotion.vmotion_stun(con, window, th["stun_limit_seconds"]),
         power=power.power(con, window, gpus),
         plan=the_plan,

@@ -35,6 +35,7 @@ def rows(
     vmotion_flagged: pl.DataFrame,
     plan: Plan,
     thresholds: dict[str, float],
+    numa_unknown: pl.DataFrame | None = None,
 ) -> list[dict[str, Any]]:
     base = {"generated_at": generated_at, "run_id": run_id, "window_start": window.start, "window_end": window.end}
     out: list[dict[str, Any]] = []
@@ -57,9 +58,13 @@ def rows(
                                                "coverage_ratio", "covered_hours", "gap_hours", "samples", "method",
                                                "source", "allocated_idle_hours", "idle_energy_joules",
                                                "vm_name", "host_name")})})
-    for r in numa.to_dicts():
-        out.append({**base, "kind": "numa_misaligned", "subject": r["vm_moref"], "vcenter_uuid": r["vcenter_uuid"],
-                    "value": None, "reason": r["reason"], "fix": r["fix"], "evidence_json": evidence(r)})
+    # NUMA (analytics/numa.py): proven misaligned, or unknown for want of host-side evidence; the
+    # evidence JSON carries the verdict, its rule and basis (which host facts it rests on)
+    for kind, frame_ in (("numa_misaligned", numa), ("numa_unknown", numa_unknown)):
+        for r in (frame_.to_dicts() if frame_ is not None else []):
+            out.append({**base, "kind": kind, "subject": r["vm_moref"], "vcenter_uuid": r["vcenter_uuid"],
+                        "value": None, "reason": f"{r.get('vm_name') or r['vm_moref']}: {r['reason']}",
+                        "fix": r["fix"], "evidence_json": evidence(r)})
     if vmotion_flagged.height:
         for r in vmotion_flagged.to_dicts():
             why = ("switchover time limit exceeded" if r["switchover_failed"] else

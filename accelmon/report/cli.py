@@ -103,7 +103,7 @@ def generate(store: Store, cfg: Any, *, since: str | None = None, from_: dt.date
     doc = jsonout.build(a)
     rows = findings_mod.rows(run_id=a.run_id, generated_at=a.generated_at, window=window, gpus=a.gpus,
                              numa=a.numa, vmotion_flagged=a.vmotion["flagged"], plan=a.plan,
-                             thresholds=a.thresholds)
+                             thresholds=a.thresholds, numa_unknown=a.numa_unknown)
     auto = out_dir is None
     out = Path(out_dir) if out_dir is not None else reports_root(store, cfg) / a.generated_at.strftime("%Y%m%dT%H%M%SZ")
     try:

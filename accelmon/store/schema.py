@@ -321,6 +321,8 @@ INV_VM = _register(
             C("cores_per_socket", _I32, "config.hardware.numCoresPerSocket"),
             C("memory_bytes", _I64, "config.hardware.memoryMB × 2^20"),
             C("numa_node_affinity", _STR, "extraConfig numa.nodeAffinity as configured (e.g. `0`, `0,1`)"),
+            C("cpu_affinity_set", pa.list_(pa.int32()),
+              "config.cpuAffinity.affinitySet: host logical CPUs the vCPUs may run on; NULL = no CPU affinity"),
             C("vnuma_nodes", _I16, "numa.vcpu / vNUMA node count if set"),
             C("guest_ips", pa.list_(_STR), "guest.net[].ipAddress (agent discovery)"),
             C("guest_hostname", _STR, "guest.hostName"),
@@ -391,7 +393,7 @@ FINDINGS = _register(
         columns=(
             C("generated_at", TS, "when the analytics run produced it", False),
             C("run_id", _STR, "analytics run id", False),
-            C("kind", _STR, "underutilized | insufficient_data | numa_misaligned | vmotion_stun | consolidation_move", False),
+            C("kind", _STR, "underutilized | insufficient_data | numa_misaligned | numa_unknown | vmotion_stun | consolidation_move", False),
             C("subject", _STR, "GPU UUID / VM moref / … the finding is about", False),
             C("vcenter_uuid", _STR, "vCenter, when relevant"),
             C("window_start", TS, "analysed window start"),

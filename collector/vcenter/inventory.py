@@ -59,6 +59,7 @@ VM_PROPS = (
     "config.hardware.memoryMB",
     "config.hardware.device",
     "config.extraConfig",
+    "config.cpuAffinity",
     "config.files.logDirectory",
     "guest.net",
     "guest.ipAddress",
@@ -215,6 +216,12 @@ def _extra(val: ET.Element | None) -> dict[str, str]:
     return out
 
 
+def _affinity_set(val: ET.Element | None) -> list[int] | None:
+    """VirtualMachineAffinityInfo.affinitySet: host logical CPUs the vCPUs may run on; unset/empty = none."""
+    cpus = [int(c.text) for c in rx.children(val, "affinitySet") if (c.text or "").strip().isdigit()]
+    return cpus or None
+
+
 def _ips(val: ET.Element | None) -> list[str]:
     ips: list[str] = []
     for nic in rx.items(val):
@@ -242,6 +249,7 @@ EXTRACT: dict[str, Any] = {
     "config.graphicsConfig": _graphics_config,
     "config.hardware.device": _devices,
     "config.extraConfig": _extra,
+    "config.cpuAffinity": _affinity_set,
     "guest.net": _ips,
 }
 
@@ -435,6 +443,7 @@ class Model:
                     "cores_per_socket": p.get("config.hardware.numCoresPerSocket"),
                     "memory_bytes": mem_mb * (1 << 20) if mem_mb is not None else None,
                     "numa_node_affinity": extra.get("numa.nodeAffinity") or None,
+                    "cpu_affinity_set": p.get("config.cpuAffinity"),
                     "vnuma_nodes": vnuma,
                     "guest_ips": ips,
                     "guest_hostname": p.get("guest.hostName") or None,

@@ -84,6 +84,7 @@ type vmPlan struct {
 	Tools      bool
 	GPUs       []*vmGPU
 	Affinity   []int // numa.nodeAffinity; nil = not set
+	CpuPin     []int // config.cpuAffinity.affinitySet (host logical CPUs); nil = not set
 	Workload   string
 	CPUUtil    float64
 	Phase      float64
@@ -391,6 +392,11 @@ func (e *estate) planGPUVM(v *vmPlan, k int, rr *int) bool {
 		"serving": "serve"}[v.Workload]
 	v.Name = fmt.Sprintf("gpu-%s-%05d", prefix, v.Index)
 	e.planAffinity(v, f.affinity)
+	if v.Forced == 1 && len(v.Affinity) == 1 { // also pinned by CPU scheduling affinity to its node's logical CPUs
+		for c := 0; c < threadsPerNode; c++ {
+			v.CpuPin = append(v.CpuPin, v.Affinity[0]*threadsPerNode+c)
+		}
+	}
 	return true
 }
 

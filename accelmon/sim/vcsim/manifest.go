@@ -85,6 +85,7 @@ type mVM struct {
 	IP           string    `json:"ip,omitempty"`
 	ToolsRunning bool      `json:"tools_running"`
 	NodeAffinity *string   `json:"numa_node_affinity"`
+	CPUAffinity  []int     `json:"cpu_affinity_set"`
 	GPUs         []mVMGPU  `json:"gpus"`
 	Numa         mNumaVM   `json:"numa"`
 	Workload     string    `json:"workload"`
@@ -245,6 +246,7 @@ func buildManifest(e *estate, start time.Time, timings map[string]any) *manifest
 			a := joinInts(v.Affinity)
 			mv.NodeAffinity = &a
 		}
+		mv.CPUAffinity = v.CpuPin
 		for i, d := range v.GPUs {
 			g := mVMGPU{Kind: d.Kind, DeviceKey: d.Key, PciSlot: gpuSlot(i)}
 			if d.GPU != nil {

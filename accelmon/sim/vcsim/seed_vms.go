@@ -114,6 +114,13 @@ func vmSpec(v *vmPlan, hp *hostPlan) (types.VirtualMachineConfigSpec, error) {
 	if v.Affinity != nil {
 		opt("numa.nodeAffinity", joinInts(v.Affinity))
 	}
+	if v.CpuPin != nil {
+		set := make([]int32, len(v.CpuPin))
+		for i, c := range v.CpuPin {
+			set[i] = int32(c)
+		}
+		spec.CpuAffinity = &types.VirtualMachineAffinityInfo{AffinitySet: set}
+	}
 	for _, d := range v.GPUs {
 		if d.Kind != "vgpu" {
 			opt("pciPassthru.use64bitMMIO", "TRUE")
