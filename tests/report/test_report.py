@@ -42,7 +42,7 @@ def test_report_writes_files_json_shape_and_findings(estate: Store, tmp_path: Pa
     assert by_vm["busy-train"]["underutilized"] is False
     numa = {r["vm_name"]: r for r in doc["numa_misaligned"]}
     assert set(numa) == {"numa-wrong-affinity", "numa-split", "numa-wide"}
-    assert numa["numa-wrong-affinity"]["fix"] == 'set numa.nodeAffinity = "1"'
+    assert numa["numa-wrong-affinity"]["fix"].startswith("set-numa-affinity: VM 'numa-wrong-affinity' → node 1 ")
     assert numa["numa-split"]["rule"] == "gpus_split_across_nodes"  # on PCI segment 0001
     plan = doc["consolidation"]
     assert plan["freed_gpus"] and len(plan["moves"]) >= len(plan["freed_gpus"])
@@ -56,7 +56,8 @@ def test_report_writes_files_json_shape_and_findings(estate: Store, tmp_path: Pa
     # findings.csv = rows stored in the findings table
     rows = list(csv.DictReader(io.StringIO((tmp_path / "r" / "findings.csv").read_text())))
     kinds = {r["kind"] for r in rows}
-    assert kinds == {"underutilized", "insufficient_data", "numa_misaligned", "vmotion_stun", "consolidation_move"}
+    assert kinds == {"underutilized", "insufficient_data", "numa_misaligned", "numa_unknown", "vmotion_stun",
+                     "consolidation_move"}
     stored = estate.connect().execute(
         "SELECT count(*) FROM findings WHERE run_id = ?", [doc["run_id"]]).fetchone()[0]
     assert stored == len(rows)

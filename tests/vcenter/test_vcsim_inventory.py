@@ -42,6 +42,7 @@ def test_inventory_matches_manifest(estate: Vcsim, source: VCenterSource, store:
         assert got["power_state"] == want["power_state"]
         assert got["num_cpu"] == want["num_cpu"] and got["memory_bytes"] == want["memory_mb"] << 20
         assert got["numa_node_affinity"] == want["numa_node_affinity"]
+        assert got["cpu_affinity_set"] == want["cpu_affinity_set"]  # config.cpuAffinity.affinitySet; NULL unset
         if want.get("ip"):
             assert want["ip"] in got["guest_ips"]
 
@@ -60,6 +61,8 @@ def test_inventory_matches_manifest(estate: Vcsim, source: VCenterSource, store:
             assert got["vgpu_profile"] == g["vgpu_profile"]
             assert got["vgpu_fb_bytes"] == g["fb_gib"] << 30
     assert kinds == {"passthrough", "vgpu", "dynamic"}
+
+    assert any(v["cpu_affinity_set"] for v in gpu_vms.values())  # the seeded CPU scheduling affinity is read
 
     # the deliberately misaligned VM: vCPUs pinned to node 0, its GPU on node 1
     mis = [v for v in gpu_vms.values() if v["numa"]["status"] == "misaligned"]
