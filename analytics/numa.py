@@ -224,6 +224,10 @@ def judge(f: VmFacts) -> Verdict:
         return v(UNKNOWN, "affinity_allows_other_nodes",
                  f"{gpus_txt} vs {constraints[0][0]}: the scheduler may place it on another node too — alignment "
                  f"unknown{guest_note}", fix_action(f.name, n, replace=replace), *_kinds(constraints))
+    if f.cpu_affinity:  # set, but HostNumaNode.cpuID does not tell which nodes its CPUs are on
+        return v(UNKNOWN, "cpu_affinity_unmapped",
+                 f"{gpus_txt} vs CPU affinity {fmt_ids(f.cpu_affinity)}: the host's NUMA nodes do not list those "
+                 f"CPUs (HostNumaNode.cpuID) — alignment unknown{guest_note}", fix_action(f.name, n, replace=False))
     return v(UNKNOWN, "no_host_affinity",
              f"{gpus_txt}; no affinity set: the scheduler may place it on either node — alignment unknown, "
              f"recommend set-numa-affinity{guest_note}", fix_action(f.name, n, replace=False), "no_affinity")

@@ -125,6 +125,14 @@ def test_cpu_affinity_on_the_other_nodes_cpus_is_misaligned(tmp_path):
     assert v["cpu-pinned-near-node-away"]["verdict"] == "misaligned"  # either constraint excluding the GPU's node
 
 
+def test_cpu_affinity_the_host_topology_cannot_place_is_unknown(tmp_path):
+    st = Store(tmp_path)
+    write_host(st)  # 64 logical CPUs
+    write_vm(st, "cpu-pinned-nowhere", [(GPU1, 1, None)], cpu_affinity=[60, 61, 200])
+    (r,) = verdicts(st).values()
+    assert (r["verdict"], r["rule"], r["cpu_affinity_nodes"]) == ("unknown", "cpu_affinity_unmapped", None)
+
+
 def test_wider_than_a_node_counts_physical_cores_not_threads(tmp_path):
     """2 nodes × 16 cores × 2 threads: 32 logical CPUs per node, but a 24-vCPU VM does not fit 16 cores."""
     st = Store(tmp_path)
