@@ -87,8 +87,10 @@ GPU_SAMPLE = _register(
             C("vm_bios_uuid", _STR, "SMBIOS system UUID the guest agent reported (= vCenter VM `config.uuid`)"),
             C("util_percent", _F32, "GPU utilization 0–100 over the last driver sample period (gauge)"),
             C("mem_util_percent", _F32, "memory-controller utilization 0–100 (gauge)"),
-            C("busy_ms_total", _I64, "counter: milliseconds the driver's samples saw the GPU busy (>0 %)"),
-            C("idle_ms_total", _I64, "counter: milliseconds the driver's samples saw the GPU idle (0 %)"),
+            C("busy_ms_total", _I64, "counter: milliseconds busy = Σ dt·v/100 over the driver's utilization "
+              "readings (v %, NVML: percent of the sample period a kernel ran); 1 s at 10 % adds 100"),
+            C("idle_ms_total", _I64, "counter: milliseconds idle = Σ dt − busy (1 s at 10 % adds 900); "
+              "busy/(busy+idle) over a window is the time-weighted utilization"),
             C("fb_used_bytes", _I64, "framebuffer in use (gauge)"),
             C("fb_total_bytes", _I64, "framebuffer size"),
             C("pcie_tx_bytes_total", _I64, "counter: PCIe bytes transmitted (NVML_FI_DEV_PCIE_COUNT_TX_BYTES)"),

@@ -119,8 +119,6 @@ class Agent:
             log.warning("NVML sees no GPU in this machine")
         for i in range(count):
             slot = Slot(i)
-            if not self.count_history:
-                slot.carry.ring.last_ts = int(self._started_at * 1e6)
             self.slots.append(slot)
             self._bring_up(slot, self._started_at, first=True)
         self._setup_events()
@@ -159,6 +157,12 @@ class Agent:
             children = []
             if ident.mig_mode:
                 children = self._mig_children(slot, h, ident)
+            for p in (poller, *children):
+                ring = p.carry.ring
+                if ring.last_ts == 0 and not self.count_history:
+                    p.prime(now)  # count from now on, after the ring's newest sample (driver clock)
+                elif not first:
+                    ring.mark_down(now)  # what the ring lost while the GPU was down is unobserved
         except (NVMLError, GpuDown) as e:
             code = e.code if isinstance(e, GpuDown) else nvmlerr.code_of(e)
             self._mark_down(slot, code, now, str(e))
@@ -192,8 +196,6 @@ class Agent:
                 continue  # NOT_FOUND: no instance in that slot
             ident = read_identity(nv, mh, slot.index, self.vm.hostname, None, parent=parent)
             carry = slot.child_carry.setdefault(ident.uuid, Carry())
-            if not self.count_history and carry.ring.last_ts == 0:
-                carry.ring.last_ts = slot.carry.ring.last_ts
             out.append(GpuPoller(nv, mh, ident, poll_interval=self.poll_interval, per_process=self.per_process,
                                  carry=carry))
         return out

@@ -317,20 +317,40 @@ class GpuPoller:
             out.update(vals)
 
     # ------------------------------------------------------------------ sub-collectors
+    def _read_samples(self) -> list[tuple[int, float]]:
+        vt, samples = self._nv("nvmlDeviceGetSamples", self.h, self.nv.NVML_GPU_UTILIZATION_SAMPLES,
+                               self.carry.ring.last_ts)
+        attr = _VALUE_ATTR.get(int(vt), "uiVal")
+        return [(int(s.timeStamp), float(getattr(s.sampleValue, attr))) for s in samples]
+
+    def prime(self, now: float) -> None:
+        """Skip the history the driver's ring already holds: start after its newest sample.
+
+        Timestamps stay in the driver's clock domain (never compared with the host clock)."""
+        if not self.samples_ok or self._skip("utilization", now):
+            return
+        try:
+            self.carry.ring.prime(self._read_samples(), now)
+        except _Failed as e:
+            if e.code != self.nv.NVML_ERROR_NOT_FOUND:  # NOT_FOUND: the ring is empty (idle GPU)
+                return
+            self.carry.ring.prime([], now)
+        except (_Unsupported, _NoPermission):
+            return
+
     def _utilization(self, now: float) -> dict[str, float]:
         c = self.carry
         out: dict[str, float] = {}
+        empty = False
         if self.samples_ok:
             try:
-                vt, samples = self._nv("nvmlDeviceGetSamples", self.h, self.nv.NVML_GPU_UTILIZATION_SAMPLES,
-                                       c.ring.last_ts)
-                attr = _VALUE_ATTR.get(int(vt), "uiVal")
-                mean, _ = c.ring.add([(int(s.timeStamp), float(getattr(s.sampleValue, attr))) for s in samples])
+                mean, _ = c.ring.add(self._read_samples(), now)
                 if mean is not None:
                     c.util_gauge = mean
             except _Failed as e:
-                if e.code != self.nv.NVML_ERROR_NOT_FOUND:  # NOT_FOUND = no new samples since last time
+                if e.code != self.nv.NVML_ERROR_NOT_FOUND:
                     raise
+                empty = True  # no new sample since last_ts: the ring ran dry (idle GPU), credited below
             except _Unsupported:
                 self.samples_ok = False
                 log.info("%s: driver utilization samples not supported; falling back to "
@@ -341,11 +361,16 @@ class GpuPoller:
         except _Unsupported:
             if not self.samples_ok:
                 raise
+        max_gap = max(3.0 * self.poll_interval, 5.0)
         if rates is not None:
             out["mem_utilization"] = float(rates.memory) / 100.0
             if not self.samples_ok:
-                c.gauge.add(now, float(rates.gpu), max(3.0 * self.poll_interval, 5.0))
+                c.gauge.add(now, float(rates.gpu), max_gap)
                 c.util_gauge = float(rates.gpu)
+        if empty:  # observed, not unobserved: credited by the current reading (0 % when it cannot be read)
+            pct = float(rates.gpu) if rates is not None else None
+            c.ring.no_new_samples(now, pct, max_gap)
+            c.util_gauge = pct if pct is not None else 0.0
         if self.samples_ok:
             r = c.ring
             out["busy_seconds"] = r.busy_us / 1e6

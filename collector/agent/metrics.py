@@ -29,9 +29,10 @@ if TYPE_CHECKING:
 # snapshot value key -> (metric name without _total, type, help)
 GPU_VALUES: tuple[tuple[str, str, str, str], ...] = (
     ("busy_seconds", "accelmon_gpu_busy_seconds", "counter",
-     "Time the driver's utilization samples saw the GPU busy (sample > 0 %), integrated from nvmlDeviceGetSamples."),
+     "Busy time: sum of dt*v/100 over the driver's utilization readings (v = percent of the sample period "
+     "a kernel ran, nvmlDeviceGetSamples); rate(busy)/(rate(busy)+rate(idle)) = utilization."),
     ("idle_seconds", "accelmon_gpu_idle_seconds", "counter",
-     "Time the driver's utilization samples saw the GPU idle (sample = 0 %)."),
+     "Idle time: sum of dt*(1-v/100) over the driver's utilization readings (a ring that ran dry is idle)."),
     ("unobserved_seconds", "accelmon_gpu_unobserved_seconds", "counter",
      "Time no driver sample covered (the sample ring wrapped between polls, or the GPU was down)."),
     ("utilization", "accelmon_gpu_utilization_ratio", "gauge",

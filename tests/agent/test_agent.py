@@ -18,19 +18,16 @@ P = 1 / 6
 
 
 def expected_busy_idle(trace, start: float, end: float) -> tuple[float, float]:
-    """What the driver's samples in (start, end] say, period by period (the sim's grid)."""
+    """What the driver's samples after ``start`` (the ring's newest sample when the agent started)
+    up to ``end`` say, period by period on the sim's grid: busy = dt·v/100 (NVML's definition)."""
     p_us = 166667
-    k0 = int(start * 1e6) // p_us + 1
+    k0 = int(start * 1e6) // p_us
     k1 = int(end * 1e6) // p_us
     busy = idle = 0.0
-    prev = start * 1e6
-    for k in range(k0, k1 + 1):
-        dt = k * p_us - prev
-        if round(trace.util(k * p_us / 1e6)) > 0:
-            busy += dt
-        else:
-            idle += dt
-        prev = k * p_us
+    for k in range(k0 + 1, k1 + 1):
+        v = round(trace.util(k * p_us / 1e6))
+        busy += p_us * v / 100
+        idle += p_us * (100 - v) / 100
     return busy / 1e6, idle / 1e6
 
 
@@ -55,13 +52,16 @@ def test_a_slow_poll_loses_nothing_the_ring_still_holds_and_says_what_it_lost(cl
     agent = agent_of(sim, clock)
     run_polls(agent, clock, 1, 15.0)  # within the ring: exact
     text = metrics_text(agent)
-    assert by_gpu(text, "accelmon_gpu_busy_seconds_total")["0"] == pytest.approx(15.0, abs=P)
+    assert by_gpu(text, "accelmon_gpu_busy_seconds_total")["0"] == pytest.approx(15.0 * 0.3, abs=P)
+    assert by_gpu(text, "accelmon_gpu_idle_seconds_total")["0"] == pytest.approx(15.0 * 0.7, abs=P)
     run_polls(agent, clock, 1, 60.0)  # the ring wrapped
     text = metrics_text(agent)
     unobserved = by_gpu(text, "accelmon_gpu_unobserved_seconds_total")["0"]
     busy = by_gpu(text, "accelmon_gpu_busy_seconds_total")["0"]
+    idle = by_gpu(text, "accelmon_gpu_idle_seconds_total")["0"]
     assert unobserved == pytest.approx(60 - 100 * P, abs=2 * P)
-    assert busy + unobserved == pytest.approx(75.0, abs=2 * P)
+    assert busy + idle + unobserved == pytest.approx(75.0, abs=2 * P)
+    assert busy / (busy + idle) == pytest.approx(0.3)
 
 
 def test_allocated_but_idle_is_visible(clock) -> None:
@@ -97,7 +97,9 @@ def test_falls_back_to_utilization_rates_and_never_retries_samples(clock) -> Non
     run_polls(agent, clock, 10, 1.0)
     text = metrics_text(agent)
     assert sim.calls["nvmlDeviceGetSamples"] == 1  # probed once
-    assert by_gpu(text, "accelmon_gpu_busy_seconds_total")["0"] == pytest.approx(9.0)  # first reading has no interval
+    busy = by_gpu(text, "accelmon_gpu_busy_seconds_total")["0"]
+    idle = by_gpu(text, "accelmon_gpu_idle_seconds_total")["0"]
+    assert (busy, idle) == pytest.approx((9.0 * 0.4, 9.0 * 0.6))  # first reading has no interval; dt·v/100
     info = dict(next(iter(series(text, "accelmon_gpu_info"))))
     assert info["util_source"] == "utilization_rates"
 
