@@ -34,8 +34,10 @@ A value nvidia-smi reports as ``[N/A]`` (``utilization.gpu`` in MIG mode) is ski
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -62,9 +64,23 @@ def _esc(v: str) -> str:
 
 
 def _num(v: float) -> str:
-    """A float as client_golang writes it (shortest round-trip; ``1e+10`` style when large)."""
-    r = repr(float(v))
-    return r[:-2] if r.endswith(".0") and abs(v) < 1e21 else r
+    """A float as client_golang writes it: Go's ``strconv.FormatFloat(v, 'g', -1, 64)``, the
+    shortest round-trip digits, in exponent form when the exponent is < -4 or >= 6 (the
+    real nvidia_gpu_exporter's ``8.5520809984e+10``)."""
+    f = float(v)
+    if f == 0 or not math.isfinite(f):
+        return {0.0: "0", math.inf: "+Inf", -math.inf: "-Inf"}.get(f, "NaN")
+    sign, digits, exp = Decimal(repr(f)).normalize().as_tuple()
+    assert isinstance(exp, int)
+    ds = "".join(map(str, digits))
+    x = len(ds) + exp - 1  # decimal exponent of the first digit
+    if x < -4 or x >= 6:
+        mant = ds[0] + ("." + ds[1:] if len(ds) > 1 else "")
+        out = f"{mant}e{'-' if x < 0 else '+'}{abs(x):02d}"
+    else:
+        out = format(Decimal(repr(f)).normalize(), "f")
+        out = out.lstrip("-")
+    return ("-" if sign else "") + out
 
 
 def _labels(d: dict[str, str]) -> str:
