@@ -178,7 +178,7 @@ def fleet() -> Dashboard:
         (f"avg({busy_share('$__rate_interval')})", "fleet"),
         (f"avg by (cluster) ({busy_share('$__rate_interval')} * on(vm_uuid) group_left(cluster) "
          f"max by (vm_uuid, cluster) ({PLACEMENT}))", "{{cluster}}"),
-    ), "percentunit", "Mean share of time the driver saw the GPUs busy (> 0 %)."), 12, 8)
+    ), "percentunit", "Mean utilization of the GPUs: share of time one or more kernels ran (NVML/DCGM/nvidia-smi definition)."), 12, 8)
     L.add(series("GPUs by state", targets(
         (state_busy(), "busy"), (state_idle(), "idle"), (state_allocated_idle(), "allocated but idle"),
         (state_down(), "down"),

@@ -30,8 +30,9 @@ def m(name: str, sel: str = GPU_SEL) -> str:
 
 
 def busy_share(window: str, sel: str = GPU_SEL) -> str:
-    """Per GPU, the share of time the driver saw it busy (> 0 %), from the busy/idle second
-    counters - the analytics' definition of utilization. GPUs whose source has no counters
+    """Per GPU, utilization over the window: the share of time one or more kernels ran (NVML's
+    definition; the counters integrate busy = dt·v/100, idle = dt − busy per reading), from the
+    busy/idle second counters - the analytics' definition of utilization. GPUs whose source has no counters
     (dcgm-exporter, nvidia_gpu_exporter) fall back to the mean utilization gauge."""
     busy = f"rate({m('accelmon_gpu_busy_seconds_total', sel)}[{window}])"
     idle = f"rate({m('accelmon_gpu_idle_seconds_total', sel)}[{window}])"

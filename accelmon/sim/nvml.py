@@ -44,6 +44,7 @@ import pynvml
 from pynvml import NVMLError
 
 from accelmon.sim.clock import AcceleratedClock, Clock
+from accelmon.sim.ring import driver_now_us, last_period_util, ring_samples
 from accelmon.sim.spec import GpuSpec, SimSpec, load_spec, mig_profile_mib
 from accelmon.sim.traces import Trace, make_trace, noise
 
@@ -128,6 +129,16 @@ class SimHandle:
     def __init__(self, gpu: SimGpu, mig: SimMig | None = None) -> None:
         self.gpu = gpu
         self.mig = mig
+
+    def __eq__(self, other: object) -> bool:  # like two c_nvmlDevice_t pointers with the same address
+        return isinstance(other, SimHandle) and other.gpu is self.gpu and other.mig is self.mig
+
+    def __hash__(self) -> int:
+        return hash((id(self.gpu), id(self.mig)))
+
+    def fresh(self) -> SimHandle:
+        """A new handle object for the same device, as every real pynvml call returns."""
+        return SimHandle(self.gpu, self.mig)
 
     def __repr__(self) -> str:
         return f"<SimHandle gpu={self.gpu.index}{'' if self.mig is None else f' mig={self.mig.gi_id}'}>"
@@ -482,7 +493,7 @@ class SimNVML:
         g = self.gpus[index]
         if g.lost:
             raise NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
-        return g.handle
+        return g.handle.fresh()
 
     @_api
     def nvmlDeviceGetHandleByUUID(self, uuid: str) -> SimHandle:
@@ -490,10 +501,10 @@ class SimNVML:
             if g.uuid == uuid:
                 if g.lost:
                     raise NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
-                return g.handle
+                return g.handle.fresh()
             for m in g.migs:
                 if m.uuid == uuid and m.handle is not None:
-                    return m.handle
+                    return m.handle.fresh()
         raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
 
     @_api
@@ -501,7 +512,7 @@ class SimNVML:
         want = pciBusId.upper()
         for g in self.gpus:
             if want in (_bus_id(g), _bus_id_legacy(g)):
-                return g.handle
+                return g.handle.fresh()
         raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
 
     @_api
@@ -603,7 +614,7 @@ class SimNVML:
             raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
         h = g.migs[index].handle
         assert h is not None
-        return h
+        return h.fresh()
 
     @_api
     def nvmlDeviceIsMigDeviceHandle(self, device: SimHandle) -> ctypes.c_uint:
@@ -629,7 +640,7 @@ class SimNVML:
         h = self._handle(migDevice)
         if h.mig is None:
             raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        return h.gpu.handle
+        return h.gpu.handle.fresh()
 
     # ------------------------------------------------------------------ memory / utilization
     @_api
@@ -665,7 +676,7 @@ class SimNVML:
     @_api
     def nvmlDeviceGetUtilizationRates(self, handle: SimHandle) -> Any:
         g = self._handle(handle).gpu
-        u = g.util_at(self._now())
+        u = last_period_util(self, g)  # the past sample period, as NVML documents it
         util = pynvml.c_nvmlUtilization_t()
         util.gpu = int(round(u))
         util.memory = int(round(u * 0.55))
@@ -676,20 +687,7 @@ class SimNVML:
         g = self._handle(device).gpu
         if sampling_type != pynvml.NVML_GPU_UTILIZATION_SAMPLES:
             raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        p = self.period_us
-        now_us = int(self._now() * 1e6)
-        k_now = now_us // p
-        k_min = max(k_now - self.ring_size + 1, -(-int(self.driver_load_t * 1e6) // p))
-        k_from = max(k_min, int(timeStamp) // p + 1)
-        if k_from > k_now:
-            raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
-        out = []
-        for k in range(k_from, k_now + 1):
-            s = pynvml.c_nvmlSample_t()
-            s.timeStamp = k * p
-            s.sampleValue.uiVal = int(round(g.util_at(k * p / 1e6)))
-            out.append(s)
-        return (pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, out)
+        return (pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, ring_samples(self, g, timeStamp))
 
     @_api
     def nvmlDeviceGetEncoderUtilization(self, handle: SimHandle) -> list[int]:
@@ -881,10 +879,10 @@ class SimNVML:
             # size query returns NVML_SUCCESS, so the caller sees NVMLError(0)
             raise NVMLError(pynvml.NVML_SUCCESS)
         p = self.period_us
-        newest = (int(self._now() * 1e6) // p) * p
+        newest = (driver_now_us(self) // p) * p
         if newest <= timeStamp:
             raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
-        u = g.util_at(newest / 1e6)
+        u = g.util_at(newest / 1e6 - self.spec.sample_clock_offset_s)
         out = []
         for pid in pids:
             s = pynvml.c_nvmlProcessUtilizationSample_t()
@@ -929,7 +927,7 @@ class SimNVML:
                 xid = g.xids.popleft()
                 return pynvml.nvmlFriendlyObject(
                     {
-                        "device": g.handle,
+                        "device": g.handle.fresh(),  # real: a new c_nvmlDevice_t per event
                         "eventType": XID_EVENTS,
                         "eventData": xid,
                         "gpuInstanceId": NA_ID,

@@ -6,6 +6,7 @@ A spec (TOML or JSON) lists GPUs::
     driver_version = "550.90.07"
     vm_bios_uuid = "42023081-331b-58e1-2730-ca560789e551"  # what the agent reports (default: this machine's)
     hostname = "gpu-vm-01"
+    sample_clock_offset_s = 0.0 # driver sample timestamps = host clock + this (e.g. -1.7e9: a clock since boot)
 
     [[gpu]]
     model = "A100-SXM4-40GB"    # A100-SXM4-40GB | H100 | L4 | T4
@@ -20,6 +21,7 @@ A spec (TOML or JSON) lists GPUs::
     unsupported = ["nvmlDeviceGetSamples", "NVML_FI_DEV_PCIE_COUNT_TX_BYTES"]
     vgpu_reports_zero = false   # vGPU guest: read N/A fields as 0 instead of NOT_SUPPORTED
     vgpu_pcie_fields = false    # vGPU guest whose PCIe byte-counter fields work
+    ring_runs_dry = false       # no utilization samples while idle: nvmlDeviceGetSamples raises NOT_FOUND
 
 Presets (``--simulate <name>``): see :data:`PRESETS`.
 """
@@ -75,6 +77,7 @@ class GpuSpec:
     unsupported: list[str] = field(default_factory=list)
     vgpu_reports_zero: bool = False
     vgpu_pcie_fields: bool = False  # vGPU guest whose PCIe byte-counter fields work
+    ring_runs_dry: bool = False  # the driver takes no utilization sample while the GPU is idle (NOT_FOUND)
     seed: int = 0
 
     @property
@@ -98,6 +101,7 @@ class SimSpec:
     name: str = "custom"
     vm_bios_uuid: str | None = None  # the VM identity the simulated agent reports (default: this machine's)
     hostname: str | None = None
+    sample_clock_offset_s: float = 0.0  # driver sample clock − host clock (real drivers: often CLOCK_BOOTTIME)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -123,11 +127,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 _GPU_KEYS = {
     "model", "mode", "count", "trace", "nvlink", "mig", "numa_node", "vgpu_profile", "unsupported",
-    "vgpu_reports_zero", "vgpu_pcie_fields", "seed",
+    "vgpu_reports_zero", "vgpu_pcie_fields", "ring_runs_dry", "seed",
 }
 _TOP_KEYS = {
     "gpu", "speed", "driver_version", "nvml_version", "cuda_driver_version", "ring_size", "sample_period_s", "seed",
-    "vm_bios_uuid", "hostname",
+    "vm_bios_uuid", "hostname", "sample_clock_offset_s",
 }
 
 
@@ -198,6 +202,7 @@ def parse_spec(raw: dict[str, Any], source: str = "<spec>", base_dir: Path | Non
                     unsupported=list(unsupported),
                     vgpu_reports_zero=bool(g.get("vgpu_reports_zero", False)),
                     vgpu_pcie_fields=bool(g.get("vgpu_pcie_fields", False)),
+                    ring_runs_dry=_bool(g, "ring_runs_dry", source, f"{where}.ring_runs_dry"),
                     seed=int(g["seed"]) + n if "seed" in g else seed * 1000 + len(gpus),
                 )
             )
@@ -213,6 +218,9 @@ def parse_spec(raw: dict[str, Any], source: str = "<spec>", base_dir: Path | Non
     period = raw.get("sample_period_s", 1.0 / 6.0)
     if not isinstance(period, int | float) or not 0.01 <= period <= 10:
         raise _err(source, "sample_period_s", "must be 0.01–10 seconds")
+    offset = raw.get("sample_clock_offset_s", 0.0)
+    if isinstance(offset, bool) or not isinstance(offset, int | float) or abs(offset) > 1e10:
+        raise _err(source, "sample_clock_offset_s", "must be a number of seconds (|offset| <= 1e10)")
     return SimSpec(
         gpus=gpus,
         speed=float(speed),
@@ -225,7 +233,15 @@ def parse_spec(raw: dict[str, Any], source: str = "<spec>", base_dir: Path | Non
         base_dir=base_dir,
         vm_bios_uuid=str(raw["vm_bios_uuid"]) if "vm_bios_uuid" in raw else None,
         hostname=str(raw["hostname"]) if "hostname" in raw else None,
+        sample_clock_offset_s=float(offset),
     )
+
+
+def _bool(g: dict[str, Any], key: str, source: str, where: str) -> bool:
+    v = g.get(key, False)
+    if not isinstance(v, bool):
+        raise _err(source, where, "must be true or false")
+    return v
 
 
 def _mig_profile_mib(profile: str, source: str, where: str) -> int:

@@ -300,3 +300,14 @@ def _csv_trace(path: str, gpu: str | None, base_dir: Path | None, anchor: float 
         t = traces[gpu]
     t.anchor = anchor
     return t
+
+
+def time_weighted_mean(trace: Trace, start: float, end: float, step: float = 1.0 / 60.0) -> float:
+    """Mean utilization percent of ``trace`` over [start, end], weighted by time (midpoint rule).
+
+    What any source measuring that GPU must report for the window (NVML's definition: the share
+    of time a kernel ran); the generators change value at most every 1/6 s, so a 1/60 s step is exact
+    to well under 0.1 pp."""
+    n = max(1, round((end - start) / step))
+    h = (end - start) / n
+    return sum(trace.util(start + (i + 0.5) * h) for i in range(n)) / n

@@ -6,6 +6,7 @@ poll), so a scrape never waits for NVML, however slow or stuck the driver is.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
@@ -27,6 +28,19 @@ log = logging.getLogger("accelmon.agent")
 XID_INITIAL = (13, 31, 43, 45, 48, 61, 62, 63, 64, 74, 79, 92, 94, 95, 119, 120)
 MAX_BACKOFF_S = 60.0
 MAX_EVENTS_PER_POLL = 256
+
+
+def handle_key(h: Any) -> Any:
+    """The device a handle addresses, comparable across calls.
+
+    A real pynvml handle is a ``c_nvmlDevice_t`` pointer and every call (``nvmlEventSetWait``'s
+    ``data.device`` included) returns a *new* Python object for it, so ``id(handle)`` never
+    matches; the pointer's address does.  Anything else (the simulation's handles) compares by
+    value."""
+    try:
+        return ("ptr", ctypes.cast(h, ctypes.c_void_p).value)
+    except (ctypes.ArgumentError, TypeError):
+        return h
 
 
 @dataclass
@@ -82,6 +96,9 @@ class Agent:
         self.nv = nv
         self.clock = clock
         self.poll_interval = float(poll_interval)
+        # the poll interval on the agent's clock (a simulated clock may run `speed` times real time):
+        # what the GPU pollers compare clock differences with (gaps, fallbacks)
+        self.clock_interval = self.poll_interval * float(getattr(clock, "speed", 1.0) or 1.0)
         self.per_process = per_process
         self.sysfs_root = sysfs_root
         self.backend = backend
@@ -151,7 +168,7 @@ class Agent:
                 nv.nvmlInit()
             h = nv.nvmlDeviceGetHandleByUUID(slot.uuid) if slot.uuid else nv.nvmlDeviceGetHandleByIndex(slot.index)
             ident = read_identity(nv, h, slot.index, self.vm.hostname, self.sysfs_root)
-            poller = GpuPoller(nv, h, ident, poll_interval=self.poll_interval, per_process=self.per_process,
+            poller = GpuPoller(nv, h, ident, poll_interval=self.clock_interval, per_process=self.per_process,
                                carry=slot.carry)
             poller.probe_nvlink()
             children = []
@@ -196,7 +213,7 @@ class Agent:
                 continue  # NOT_FOUND: no instance in that slot
             ident = read_identity(nv, mh, slot.index, self.vm.hostname, None, parent=parent)
             carry = slot.child_carry.setdefault(ident.uuid, Carry())
-            out.append(GpuPoller(nv, mh, ident, poll_interval=self.poll_interval, per_process=self.per_process,
+            out.append(GpuPoller(nv, mh, ident, poll_interval=self.clock_interval, per_process=self.per_process,
                                  carry=carry))
         return out
 
@@ -259,10 +276,10 @@ class Agent:
         nv = self.nv
         if self._events is None:
             return
-        by_handle = {}
+        by_device = {}  # keyed by the device a handle addresses, never by id() of the Python object
         for s in self.slots:
             if s.poller is not None:
-                by_handle[id(s.poller.h)] = s.uuid
+                by_device[handle_key(s.poller.h)] = s.uuid
         for _ in range(MAX_EVENTS_PER_POLL):
             try:
                 ev = nv.nvmlEventSetWait(self._events, 0)
@@ -277,8 +294,8 @@ class Agent:
                 return
             if not int(ev.eventType) & nv.nvmlEventTypeXidCriticalError:
                 continue
-            uuid = by_handle.get(id(ev.device))
-            if uuid is None:
+            uuid = by_device.get(handle_key(ev.device))
+            if uuid is None:  # not a GPU this agent polls (yet): ask the driver
                 try:
                     uuid = nv.nvmlDeviceGetUUID(ev.device)
                 except NVMLError:

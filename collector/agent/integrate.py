@@ -17,7 +17,8 @@ CLOCK_BOOTTIME, not the Unix epoch), so they are only ever compared with each ot
 previous poll's last sample timestamp, never with the host's wall clock.  Each sample covers the
 sample period that *ends* at its timestamp.  Gaps between samples mean one of two things:
 
-* the ring wrapped between polls (the call returned a full ring, or the GPU was down): the gap is
+* the ring wrapped between polls (the call returned as many samples as the ring ever held and the
+  time since the last read is well beyond what they cover, or the GPU was down): the gap is
   ``unobserved``, never guessed;
 * the driver took no samples (the ring "runs dry" while the GPU is idle; the next call may raise
   ``NVML_ERROR_NOT_FOUND``): observed idle time.  On ``NOT_FOUND`` the poll interval (host clock,
@@ -66,10 +67,12 @@ class RingIntegrator:
 
     def add(self, samples: list[tuple[int, float]], now: float = 0.0) -> tuple[float | None, float]:
         """Feed samples (timestamp µs, percent). Returns (mean utilization of what was credited, µs credited)."""
+        host_dt = now - self.last_poll_t if (now and self.last_poll_t) else None  # a duration, host clock
         if now:
             self.last_poll_t = now
-        wrapped = self.resync or len(samples) >= self.capacity
-        self.capacity = max(self.capacity, len(samples))
+        count = len(samples)
+        full = count >= self.capacity
+        self.capacity = max(self.capacity, count)
         samples = sorted(s for s in samples if s[0] > self.last_ts)
         if not samples:
             return None, 0.0
@@ -78,6 +81,9 @@ class RingIntegrator:
             diffs.sort()
             self.period_us = diffs[len(diffs) // 2]
         period = self.period_us or 1_000_000
+        if full and host_dt is not None:  # a wrap needs more time since the last read than the ring holds
+            full = host_dt * 1e6 > 1.5 * count * period
+        wrapped = self.resync or full
         prev = self.last_ts
         credited = 0.0
         busy_sum = 0.0

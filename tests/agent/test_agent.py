@@ -362,3 +362,21 @@ def test_poll_thread_keeps_polling_and_health(clock) -> None:
         agent.stop()
     assert math.isfinite(agent.snapshot.poll_cpu_seconds_total)
     assert not any(t.name == "accelmon-agent-poll" for t in threading.enumerate())
+
+
+def test_xid_events_are_keyed_by_the_device_not_the_handle_object(clock) -> None:
+    """pynvml returns a fresh handle object per call (event data included): an Xid still lands on its
+    GPU without asking the driver again, even when nvmlDeviceGetUUID fails (e.g. Xid 79, off the bus)."""
+    sim = sim_of({"gpu": [{"trace": "constant:50"}] * 2}, clock)
+    agent = agent_of(sim, clock)
+    agent.poll_once()
+    assert agent.slots[1].poller is not None
+    assert sim.nvmlDeviceGetHandleByIndex(1) is not agent.slots[1].poller.h  # fresh objects per call
+    uuid_calls = sim.calls["nvmlDeviceGetUUID"]
+    sim.inject("nvmlDeviceGetUUID", pynvml.NVML_ERROR_UNKNOWN, index=1)
+    sim.xid(1, 79)
+    sim.xid(1, 48)
+    run_polls(agent, clock, 1, 1.0)
+    x = {(dict(k)["gpu"], dict(k)["xid"]): v for k, v in series(metrics_text(agent), "accelmon_gpu_xid_errors_total").items()}
+    assert x[("1", "79")] == 1.0 and x[("1", "48")] == 1.0 and x[("0", "79")] == 0.0
+    assert sim.calls["nvmlDeviceGetUUID"] == uuid_calls  # matched by device, not looked up again

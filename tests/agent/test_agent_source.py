@@ -169,3 +169,32 @@ def test_agent_restart_counters_are_stored_as_reported(live, tmp_path: Path) -> 
     busy = [r[0] for r in store.connect().execute(
         "select busy_ms_total from gpu_sample where gpu_uuid = ? order by ts", [sim.gpus[0].uuid]).fetchall()]
     assert busy[0] > busy[1]  # a reset, left for readers to handle like increase()
+
+
+def test_mig_mode_from_nvml_and_unreported_utilization_is_null(tmp_path: Path) -> None:
+    """agent_gpu.mig_mode comes from nvmlDeviceGetMigMode (NOT_SUPPORTED → NULL); a MIG-enabled GPU,
+    whose utilization NVML does not report, stores NULL utilization and busy/idle, never 0."""
+    clock = ManualClock(time.time() - 60)
+    sim = sim_of({"gpu": [{"model": "A100-SXM4-40GB", "mig": ["3g.20gb", "3g.20gb"], "trace": "constant:70"},
+                          {"model": "A100-SXM4-40GB", "trace": "constant:70"},
+                          {"model": "L4", "trace": "constant:70"}]}, clock)
+    agent = agent_of(sim, clock)
+    run_polls(agent, clock, 5, 1.0)
+    assert sim.calls["nvmlDeviceGetMigMode"] >= 3  # read from the real call, per GPU
+    srv = AgentHTTPServer(agent, "127.0.0.1:0")
+    srv.serve_in_thread()
+    try:
+        store = Store(tmp_path / "data")
+        AgentSource(srv.url, timeout=5).collect(store)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    con = store.connect()
+    modes = dict(con.execute("select gpu_uuid, mig_mode from agent_gpu").fetchall())
+    g = sim.gpus
+    assert modes[g[0].uuid] is True and modes[g[1].uuid] is False and modes[g[2].uuid] is None
+    util = {r[0]: r[1:] for r in con.execute(
+        "select gpu_uuid, util_percent, busy_ms_total, idle_ms_total from gpu_sample").fetchall()}
+    mig_rows = [util[u] for u in [g[0].uuid] + [m.uuid for m in g[0].migs] if u in util]
+    assert mig_rows and all(r == (None, None, None) for r in mig_rows)  # unreported: NULL, never 0
+    assert util[g[1].uuid][0] == pytest.approx(70.0) and util[g[2].uuid][0] == pytest.approx(70.0)

@@ -12,7 +12,9 @@ import re
 import pynvml
 import pytest
 
+from accelmon.errors import UserError
 from accelmon.sim.nvml import SimNVML, simulated_functions
+from accelmon.sim.spec import parse_spec
 
 from .conftest import sim_of
 
@@ -60,13 +62,14 @@ def test_identity_types_and_formats(clock) -> None:
     assert nv.nvmlDeviceGetName(h) == "NVIDIA A100-SXM4-40GB"
     uuid = nv.nvmlDeviceGetUUID(h)
     assert re.fullmatch(r"GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", uuid)
-    assert nv.nvmlDeviceGetHandleByUUID(uuid) is h
+    again = nv.nvmlDeviceGetHandleByUUID(uuid)
+    assert again == h and again is not h  # same device, a fresh object per call like pynvml's pointers
     pci = nv.nvmlDeviceGetPciInfo(h)
     assert isinstance(pci, pynvml.nvmlPciInfo_t)
     assert re.fullmatch(r"[0-9A-F]{8}:[0-9A-F]{2}:[0-9A-F]{2}\.0", pci.busId)  # NVML_DEVICE_PCI_BUS_ID_FMT
     assert re.fullmatch(r"[0-9A-F]{4}:[0-9A-F]{2}:[0-9A-F]{2}\.0", pci.busIdLegacy)
     assert pci.pciDeviceId == 0x20B010DE
-    assert nv.nvmlDeviceGetHandleByPciBusId(pci.busId) is h
+    assert nv.nvmlDeviceGetHandleByPciBusId(pci.busId) == h
     assert nv.nvmlDeviceGetVirtualizationMode(h) == pynvml.NVML_GPU_VIRTUALIZATION_MODE_PASSTHROUGH
     assert nv.nvmlDeviceGetVirtualizationMode(nv.nvmlDeviceGetHandleByIndex(3)) == pynvml.NVML_GPU_VIRTUALIZATION_MODE_VGPU
     assert isinstance(nv.nvmlSystemGetDriverVersion(), str)
@@ -174,7 +177,7 @@ def test_mig_handles(clock) -> None:
     assert nv.nvmlDeviceGetUUID(m0).startswith("MIG-")
     assert nv.nvmlDeviceGetName(m0).endswith("MIG 3g.20gb")
     assert nv.nvmlDeviceGetGpuInstanceId(m0) == 1
-    assert nv.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(m0) is h
+    assert nv.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(m0) == h
     assert nv.nvmlDeviceGetMemoryInfo(m0).total < nv.nvmlDeviceGetMemoryInfo(h).total
     with pytest.raises(pynvml.NVMLError_NotSupported):  # no whole-GPU utilization in MIG mode
         nv.nvmlDeviceGetSamples(h, pynvml.NVML_GPU_UTILIZATION_SAMPLES, 0)
@@ -250,3 +253,51 @@ def test_faults_gpu_lost_driver_reload_injection(clock) -> None:
         nv.nvmlDeviceGetPowerUsage(h0)
     assert nv.nvmlDeviceGetPowerUsage(h0) > 0  # only once
     assert nv.calls_by_gpu[("nvmlDeviceGetPowerUsage", 0)] == 2
+
+
+def test_ring_runs_dry_on_an_idle_gpu(clock) -> None:
+    """ring_runs_dry: the driver takes no sample while idle, so nothing new → NOT_FOUND."""
+    nv = sim_of({"gpu": [{"trace": "constant:0", "ring_runs_dry": True}, {"trace": "constant:0"},
+                         {"trace": "constant:25", "ring_runs_dry": True}]}, clock)
+    nv.nvmlInit()
+    dry, wet, busy = (nv.nvmlDeviceGetHandleByIndex(i) for i in range(3))
+    with pytest.raises(pynvml.NVMLError_NotFound):
+        nv.nvmlDeviceGetSamples(dry, pynvml.NVML_GPU_UTILIZATION_SAMPLES, 0)
+    _, s = nv.nvmlDeviceGetSamples(wet, pynvml.NVML_GPU_UTILIZATION_SAMPLES, 0)
+    assert s and all(x.sampleValue.uiVal == 0 for x in s)  # the default driver keeps sampling zeros
+    _, s = nv.nvmlDeviceGetSamples(busy, pynvml.NVML_GPU_UTILIZATION_SAMPLES, 0)
+    assert s and all(x.sampleValue.uiVal == 25 for x in s)
+    assert nv.nvmlDeviceGetUtilizationRates(dry).gpu == 0
+
+
+def test_sample_clock_offset_moves_timestamps_not_values(clock) -> None:
+    nv = sim_of({"gpu": [{"trace": "constant:40"}], "sample_clock_offset_s": -1_699_990_000.0}, clock)
+    nv.nvmlInit()
+    h = nv.nvmlDeviceGetHandleByIndex(0)
+    _, s = nv.nvmlDeviceGetSamples(h, pynvml.NVML_GPU_UTILIZATION_SAMPLES, 0)
+    newest = max(x.timeStamp for x in s)
+    assert abs(newest / 1e6 - (clock.time() - 1_699_990_000.0)) < 1  # a clock since "boot", not the epoch
+    assert {x.sampleValue.uiVal for x in s} == {40}
+    clock.advance(1.0)
+    _, s = nv.nvmlDeviceGetSamples(h, pynvml.NVML_GPU_UTILIZATION_SAMPLES, newest)
+    assert len(s) == 6 and min(x.timeStamp for x in s) > newest
+
+
+def test_utilization_rates_report_the_past_sample_period(clock) -> None:
+    """NVML: "Percent of time over the past sample period": the ring's newest sample, not a later instant."""
+    nv = sim_of({"gpu": [{"trace": {"generator": "bursty_inference", "seed": 3, "window_s": 2.0}}]}, clock)
+    nv.nvmlInit()
+    h = nv.nvmlDeviceGetHandleByIndex(0)
+    for _ in range(30):
+        clock.advance(0.37)
+        _, s = nv.nvmlDeviceGetSamples(h, pynvml.NVML_GPU_UTILIZATION_SAMPLES, 0)
+        assert nv.nvmlDeviceGetUtilizationRates(h).gpu == max(s, key=lambda x: x.timeStamp).sampleValue.uiVal
+
+
+@pytest.mark.parametrize("bad", [{"sample_clock_offset_s": "boot"}, {"gpu": [{"ring_runs_dry": "yes"}]}])
+def test_bad_ring_options_are_one_clear_line(bad) -> None:
+    raw = {"gpu": [{}], **bad}
+    with pytest.raises(UserError) as ei:
+        parse_spec(raw, "spec.toml")
+    key = "sample_clock_offset_s" if "sample_clock_offset_s" in bad else "gpu[0].ring_runs_dry"
+    assert key in str(ei.value) and "\n" not in str(ei.value)
