@@ -18,7 +18,7 @@ from accelmon.report.schedule import JOB_ID, add_report_job, report_job
 from accelmon.store.writer import Store
 from tests.analytics.estate import write_estate
 from tests.analytics.synth import held_trace, reference_mean
-from tests.analytics.test_presence import DAY, _h, busy_neighbour, counter_rows
+from tests.analytics.test_presence import DAY, _h, agent_report, busy_neighbour, counter_rows
 
 GPU_KEYS = {"gpu", "mean_util_percent", "p95_util_percent", "idle_ratio", "coverage_ratio", "underutilized"}
 
@@ -165,6 +165,8 @@ def test_report_json_cli_carries_presence_and_coverage(tmp_path: Path) -> None:
     st = Store(tmp_path / "data")
     busy_neighbour(st)
     st.append("gpu_sample", counter_rows("pod-short", 7, 12, 0.6))
+    st.append("agent_gpu", [agent_report("GPU-mig", "4221abcd-0000-0000-0000-0000000000aa", _h(0), mig=True)])
+    st.append("gpu_sample", counter_rows("GPU-mig", 0, 24, None))
     out = tmp_path / "out"
     p = subprocess.run([sys.executable, "-m", "accelmon.cli", "--data-dir", str(tmp_path / "data"), "report", "--json",
                         "--from", DAY.start.isoformat(), "--to", DAY.end.isoformat(), "--out", str(out)],
@@ -185,5 +187,9 @@ def test_report_json_cli_carries_presence_and_coverage(tmp_path: Path) -> None:
     ev = json.loads(rows["pod-short"]["evidence_json"])
     assert ev["presence_start"] == short["presence_start"] and ev["coverage_ratio"] == pytest.approx(
         short["coverage_ratio"])
+    mig = next(g for g in doc["gpus"] if g["gpu"] == "GPU-mig")
+    assert mig["status"] == "mig_unreported" and mig["mean_util_percent"] is None and mig["idle_hours"] is None
+    assert doc["summary"]["mig_unreported"] == 1 and rows["GPU-mig"]["kind"] == "mig_unreported"
     page = (out / "report.html").read_text()
+    assert "MIG: utilization not reported by the driver" in page
     assert "5.0 h" in page and _h(7).strftime("%Y-%m-%d %H:%M") in page
