@@ -155,6 +155,15 @@ def test_min_covered_duration_is_configurable(tmp_path):
     assert a.thresholds["min_covered_duration"] == 600.0
 
 
+def test_bad_min_covered_duration_is_one_line_naming_the_key():
+    from accelmon.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        parse({"thresholds": {"min_covered_duration": "soon"}}, "accelmon.toml", env={})
+    assert e.value.lines == [e.value.lines[0]] and e.value.lines[0].startswith(
+        "accelmon.toml: thresholds.min_covered_duration: ")
+
+
 def test_mig_gpu_without_utilization_gets_the_mig_verdict(tmp_path):
     st = Store(tmp_path)
     busy_neighbour(st)
