@@ -392,7 +392,7 @@ FINDINGS = _register(
         columns=(
             C("generated_at", TS, "when the analytics run produced it", False),
             C("run_id", _STR, "analytics run id", False),
-            C("kind", _STR, "underutilized | insufficient_data | numa_misaligned | vmotion_stun | consolidation_move", False),
+            C("kind", _STR, "underutilized | insufficient_data | mig_unreported | numa_misaligned | vmotion_stun | consolidation_move", False),
             C("subject", _STR, "GPU UUID / VM moref / … the finding is about", False),
             C("vcenter_uuid", _STR, "vCenter, when relevant"),
             C("window_start", TS, "analysed window start"),
