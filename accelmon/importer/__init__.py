@@ -2,188 +2,198 @@
 
 Format: header ``timestamp,gpu,util_percent`` and optional ``memory_used_bytes`` (any
 column order; other columns are an error so typos do not go unnoticed). ``timestamp`` is
-Unix seconds (float) or ISO 8601 (a naive time is UTC). All or nothing: every problem is
-reported as ``FILE:LINE: COLUMN: problem`` and nothing of that file is stored.
+Unix seconds (float) or ISO 8601 (a naive time is UTC). Blank lines are ignored.
+
+All or nothing, idempotent, in bounded memory (docs/store.md, "Importing traces"):
+
+1. the file's SHA-256 is looked up in the import log (``state/imports.json``): a file already
+   imported adds nothing (``--force`` imports it again);
+2. pass 1 streams the CSV in blocks, checks every row (problems are ``FILE:LINE: COLUMN: …``)
+   and spills the rows by (day, GPU bucket) into a staging dir (``accelmon.importer.partition``);
+3. pass 2 checks duplicate (GPU, timestamp) rows per day and bucket and writes one staged
+   Parquet file per day;
+4. only with no problem at all, :func:`accelmon.store.staging.publish` renames the files into
+   the store and records the import log entry, all or nothing; then the catalog is written.
+
+Values are stored as given: ``util_percent`` stays a gauge; readers derive busy time from it as
+the architecture defines (a sample v over its period dt is busy for dt·v/100).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
-import json
-import os
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import polars as pl
-
 from accelmon.errors import UserError
+from accelmon.importer.parse import MAX_PROBLEMS, Problems, Reader, TraceError, check_path, read_header
+from accelmon.importer.partition import Spill, bucket_count, dedupe_and_stage
+from accelmon.store import staging
 from accelmon.store.writer import Store
 
-REQUIRED = ("timestamp", "gpu", "util_percent")
-OPTIONAL = ("memory_used_bytes",)
-MAX_PROBLEMS = 50
+__all__ = ["MAX_PROBLEMS", "ImportResult", "TraceError", "import_trace", "recover"]
 
+log = logging.getLogger(__name__)
 
-class TraceError(UserError):
-    """Bad rows in a trace file; ``problems`` holds one line each."""
+LEDGER = "imports.json"
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__(problems[0] if problems else "bad trace", exit_code=1)
-        self.problems = problems
+# progress(phase, done, total): phase "hash" / "read" (bytes), "check" (rows), "publish"
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass
 class ImportResult:
     path: Path
-    rows: int
+    rows: int  # rows stored by this import (0 when already imported)
     gpus: int
     first: dt.datetime | None
     last: dt.datetime | None
+    duplicates: int = 0  # identical duplicate rows dropped
+    blank_lines: int = 0
+    seconds: float = 0.0
+    already: dict[str, object] | None = None  # the import log entry when nothing was done
 
 
-def _parse_iso(s: str) -> dt.datetime | None:
+def recover(store: Store) -> list[str]:
+    """Finish (or discard) imports a kill interrupted; one message each."""
     try:
-        t = dt.datetime.fromisoformat(s.strip())
-    except ValueError:
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    return t.astimezone(dt.UTC)
+        return staging.recover(store)
+    except staging.LedgerError as e:
+        raise UserError(str(e), exit_code=1) from None
 
 
-def read_trace(path: Path, progress: Callable[[int, int], None] | None = None) -> pl.DataFrame:
-    """Parse and validate; returns a frame in gpu_sample columns or raises TraceError."""
+def _digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _disk_error(e: OSError) -> bool:
+    return e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or any(
+        s in str(e) for s in ("No space left", "File too large", "Disk quota"))
+
+
+def import_trace(store: Store, path: Path, *, force: bool = False, progress: Progress | None = None) -> ImportResult:
+    t0 = time.monotonic()
     name = str(path)
+    size = check_path(path)
+    header = read_header(path)
+    st0 = path.stat()
+    if progress:
+        progress("hash", 0, size)
+    digest = _digest(path)
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise UserError(f"{name}: file not found", exit_code=1) from None
-    if size == 0:
-        raise TraceError([f"{name}:1: empty file (expected header timestamp,gpu,util_percent)"])
+        prev = staging.read_ledger(store, LEDGER).get(digest)
+    except staging.LedgerError as e:
+        raise UserError(str(e), exit_code=1) from None
+    if prev is not None and not force:
+        return ImportResult(path, 0, 0, None, None, already=prev, seconds=time.monotonic() - t0)
+    problems = Problems(name)
     try:
-        df = pl.read_csv(path, infer_schema=False, has_header=True, row_index_name="__row")
-    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise TraceError([f"{name}: cannot parse as CSV: {msg}"]) from None
-    cols = [c for c in df.columns if c != "__row"]
-    stripped = {c: c.strip() for c in cols}
-    df = df.rename(stripped)
-    cols = list(stripped.values())
-    problems: list[str] = []
-    for c in REQUIRED:
-        if c not in cols:
-            problems.append(f"{name}:1: {c}: missing column (header must have timestamp,gpu,util_percent)")
-    for c in cols:
-        if c not in REQUIRED + OPTIONAL:
-            problems.append(f"{name}:1: {c}: unknown column (allowed: {', '.join(REQUIRED + OPTIONAL)})")
-    if problems:
-        raise TraceError(problems)
-    if progress:
-        progress(size // 3, size)
-
-    line = pl.col("__row") + 2
-    ts_num = pl.col("timestamp").str.strip_chars().cast(pl.Float64, strict=False)
-    df = df.with_columns(ts_num.alias("__ts_num"), line.alias("__line"))
-    # ISO timestamps: parse the distinct non-numeric strings in Python (exact ISO 8601 semantics).
-    iso_strings = df.filter(pl.col("__ts_num").is_null() & pl.col("timestamp").is_not_null())["timestamp"].unique()
-    iso_map = {s: _parse_iso(s) for s in iso_strings.to_list()}
-    iso_ms = {s: (int(t.timestamp() * 1000) if t else None) for s, t in iso_map.items()}
-    iso_df = pl.DataFrame(
-        {"timestamp": list(iso_ms), "__ts_iso": list(iso_ms.values())},
-        schema={"timestamp": pl.String, "__ts_iso": pl.Int64},
-    )
-    df = df.join(iso_df, on="timestamp", how="left")
-    df = df.with_columns(
-        pl.coalesce((pl.col("__ts_num") * 1000).round().cast(pl.Int64), pl.col("__ts_iso")).alias("__ts_ms"),
-        pl.col("util_percent").str.strip_chars().cast(pl.Float64, strict=False).alias("__util"),
-        pl.col("gpu").str.strip_chars().alias("__gpu"),
-    )
-    has_mem = "memory_used_bytes" in cols
-    if has_mem:
-        df = df.with_columns(
-            pl.col("memory_used_bytes").str.strip_chars().cast(pl.Float64, strict=False).alias("__mem")
-        )
-    if progress:
-        progress(2 * size // 3, size)
-
-    checks: list[tuple[str, pl.Expr, str]] = [
-        ("timestamp", pl.col("__ts_ms").is_null(), "not Unix seconds or ISO 8601"),
-        ("gpu", pl.col("__gpu").is_null() | (pl.col("__gpu") == ""), "empty GPU id"),
-        ("util_percent", pl.col("__util").is_null(), "not a number"),
-        ("util_percent", pl.col("__util").is_not_nan() & ((pl.col("__util") < 0) | (pl.col("__util") > 100)),
-         "out of range 0–100"),
-        ("util_percent", pl.col("__util").is_nan(), "not a number"),
-    ]
-    if has_mem:
-        checks += [
-            ("memory_used_bytes", pl.col("memory_used_bytes").is_not_null() & pl.col("__mem").is_null(),
-             "not a number"),
-            ("memory_used_bytes", pl.col("__mem") < 0, "negative"),
-        ]
-    bad_rows = []
-    for col, cond, what in checks:
-        bad = df.filter(cond).select("__line", col).sort("__line")
-        for ln, val in bad.head(MAX_PROBLEMS).iter_rows():
-            shown = "" if val is None else f': "{val}"'
-            bad_rows.append((ln, f"{name}:{ln}: {col}: {what}{shown}"))
-    if bad_rows:
-        bad_rows.sort()
-        lines = [m for _, m in bad_rows[:MAX_PROBLEMS]]
-        total = sum(
-            df.filter(cond).height for _col, cond, _what in checks
-        )
-        if total > len(lines):
-            lines.append(f"{name}: … {total - len(lines)} more problem(s) not shown")
-        raise TraceError(lines)
-    if df.height == 0:
-        raise TraceError([f"{name}:2: no data rows"])
-    out = df.select(
-        pl.col("__ts_ms").cast(pl.Datetime("ms")).dt.replace_time_zone("UTC").alias("ts"),
-        pl.col("__gpu").alias("gpu_uuid"),
-        pl.lit("import").alias("source"),
-        pl.col("__util").cast(pl.Float32).alias("util_percent"),
-        *( [pl.col("__mem").round().cast(pl.Int64).alias("fb_used_bytes")] if has_mem else [] ),
-    ).sort("gpu_uuid", "ts")
-    if progress:
-        progress(size, size)
-    return out
-
-
-def _state_file(store: Store) -> Path:
-    d = store.root / "state"
-    d.mkdir(exist_ok=True)
-    return d / "imports.json"
-
-
-def import_trace(
-    store: Store,
-    path: Path,
-    *,
-    force: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> ImportResult:
-    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
-    state_path = _state_file(store)
-    state: dict[str, dict[str, object]] = {}
-    if state_path.exists():
-        try:
-            state = json.loads(state_path.read_text())
-        except json.JSONDecodeError:
-            state = {}
-    if digest and digest in state and not force:
-        prev = state[digest]
-        raise UserError(
-            f"{path}: already imported on {prev.get('at')} ({prev.get('rows')} rows); use --force to import again",
-            exit_code=1,
-        )
-    df = read_trace(path, progress)
-    store.append("gpu_sample", df)
-    state[digest] = {"path": str(path), "rows": df.height, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    tmp = state_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, state_path)
+        with staging.Staging(store, name) as stg:
+            spill_dir = stg.dir / "spill"
+            spill_dir.mkdir()
+            spill = Spill(spill_dir, bucket_count(size), header.has_mem)
+            reader = Reader(path, header, problems)
+            for batch in reader.batches():
+                spill.add(batch)
+                if progress:
+                    progress("read", reader.bytes_read(), size)
+            if problems.total:
+                raise TraceError(problems.lines())
+            if spill.rows == 0:
+                raise TraceError([f"{name}:2: no data rows"])
+            staged = dedupe_and_stage(spill, stg, problems,
+                                      (lambda n: progress("check", n, spill.rows)) if progress else None)
+            if problems.total:
+                raise TraceError(problems.lines())
+            st1 = path.stat()
+            if (st1.st_size, st1.st_mtime_ns) != (st0.st_size, st0.st_mtime_ns):
+                raise UserError(f"{name}: the file changed while it was being imported; nothing imported",
+                                exit_code=1)
+            entry: dict[str, object] = {
+                "path": name, "rows": staged.rows, "gpus": len(spill.gpus),
+                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            }
+            if progress:
+                progress("publish", 0, len(stg.files))
+            try:
+                published = staging.publish(stg, LEDGER, digest, entry, force=force)
+            except staging.LedgerError as e:
+                raise UserError(str(e), exit_code=1) from None
+            if not published:  # a concurrent import of the same content won
+                prev = staging.read_ledger(store, LEDGER).get(digest)
+                return ImportResult(path, 0, 0, None, None, already=prev, seconds=time.monotonic() - t0)
+    except OSError as e:
+        if _disk_error(e):
+            raise UserError(f"{name}: disk full in {store.root} while importing; nothing imported",
+                            exit_code=1) from None
+        raise UserError(f"{name}: {e.strerror or e}; nothing imported", exit_code=1) from None
+    _write_catalog(store)
+    assert spill.first_ms is not None and spill.last_ms is not None
     return ImportResult(
-        path, df.height, df["gpu_uuid"].n_unique(), df["ts"].min(), df["ts"].max()  # type: ignore[arg-type]
+        path, staged.rows, len(spill.gpus),
+        dt.datetime.fromtimestamp(spill.first_ms / 1000, dt.UTC),
+        dt.datetime.fromtimestamp(spill.last_ms / 1000, dt.UTC),
+        duplicates=staged.duplicates, blank_lines=reader.blank_lines, seconds=time.monotonic() - t0,
     )
+
+
+def _write_catalog(store: Store) -> None:
+    """Every command that writes leaves a usable catalog (views only; skipped while a user holds it)."""
+    try:
+        if not store.ensure_catalog():
+            log.info("catalog %s is held open by another process; its views stay as they are", store.catalog_path)
+    except Exception as e:  # noqa: BLE001 - the import is stored; the catalog is a convenience
+        log.warning("catalog %s: not written: %s", store.catalog_path, str(e).splitlines()[0] if str(e) else e)
+
+
+def _iso(t: dt.datetime | None) -> str:
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z") if t else "?"
+
+
+def _dur(s: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= 2 * size:
+            return f"{s / size:.1f} {unit}"
+    return f"{s:g} s"
+
+
+def summary(res: ImportResult) -> str:
+    """The one line printed for a file."""
+    if res.already is not None:
+        a = res.already
+        return (f"{res.path}: already imported on {a.get('at')} ({a.get('rows')} rows); nothing added "
+                f"(--force imports it again)")
+    span = (res.last - res.first).total_seconds() if res.first and res.last else 0.0
+    extra = f", {res.blank_lines} blank line(s) ignored" if res.blank_lines else ""
+    return (f"{res.path}: imported {res.rows} samples of {res.gpus} GPU(s), {_iso(res.first)} .. {_iso(res.last)} "
+            f"({_dur(span)}), {res.duplicates} identical duplicate row(s) dropped{extra}, "
+            f"{res.seconds:.1f} s")
+
+
+def stderr_progress(name: str, every_s: float = 5.0, out: Callable[[str], None] | None = None) -> Progress:
+    """A progress callback that prints one line to stderr at most every ``every_s`` seconds
+    (so short imports, and tests, print none)."""
+    import sys
+
+    start = time.monotonic()
+    last = [start]
+    emit = out or (lambda s: print(s, file=sys.stderr, flush=True))
+    words = {"hash": "hashing", "read": "reading", "check": "checking duplicates", "publish": "publishing"}
+
+    def cb(phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < every_s:
+            return
+        last[0] = now
+        pct = f" {100 * done / total:.0f} %" if total else ""
+        unit = "rows" if phase == "check" else ("files" if phase == "publish" else "bytes")
+        emit(f"import-trace: {name}: {words.get(phase, phase)}{pct} ({done:,} of {total:,} {unit}, "
+             f"{now - start:.0f} s)")
+
+    return cb
