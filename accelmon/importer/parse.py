@@ -125,16 +125,19 @@ def _parse_iso(s: str) -> float | None:
     return t.timestamp()
 
 
-def _num(c: str) -> pl.Expr:
-    return pl.col(c).str.strip_chars().cast(pl.Float64, strict=False)
+def _to_float(s: pl.Series) -> pl.Series:
+    """Numbers, tolerating surrounding blanks; null where not a number. Strips only when needed."""
+    num = s.cast(pl.Float64, strict=False)
+    if num.null_count() == 0:
+        return num
+    return num.fill_null(s.str.strip_chars().cast(pl.Float64, strict=False))
 
 
-def _ts_seconds(df: pl.DataFrame) -> pl.Series:
+def _ts_seconds(ts: pl.Series) -> pl.Series:
     """Unix seconds from ``timestamp``: a number, or ISO 8601 (naive = UTC) parsed in Python
     for exact semantics - once per distinct string of the batch."""
-    ts = df.get_column("timestamp").str.strip_chars()
-    num = ts.cast(pl.Float64, strict=False)
-    todo = num.is_null() & (ts != "")
+    num = _to_float(ts)
+    todo = num.is_null() & (ts.str.strip_chars() != "")
     if not todo.any():
         return num
     iso = {s: _parse_iso(s) for s in ts.filter(todo).unique().to_list()}
@@ -147,7 +150,7 @@ def _checks(has_mem: bool) -> list[tuple[str, pl.Expr, Callable[[str], str]]]:
     checks: list[tuple[str, pl.Expr, Callable[[str], str]]] = [
         ("timestamp", t.is_null(), lambda v: "not Unix seconds or ISO 8601"),
         ("timestamp", t.is_not_null() & (t.is_nan() | (t < TS_MIN_S) | (t >= TS_MAX_S)), _ts_range_msg),
-        ("gpu", pl.col("gpu").str.strip_chars() == "", lambda v: "empty GPU id"),
+        ("gpu", pl.col("__gpu") == "", lambda v: "empty GPU id"),
         ("util_percent", u.is_null() | u.is_nan(), lambda v: "not a number"),
         ("util_percent", u.is_not_nan() & ((u < 0) | (u > 100)), lambda v: "out of range 0–100"),
     ]
@@ -231,14 +234,17 @@ class Reader:
         assert isinstance(df, pl.DataFrame)
         df = df.rename(dict(zip(self.header.raw, self.header.names, strict=True)))
         df = df.with_columns(pl.Series("line", self._lines(rb.num_rows)))
-        blank = pl.all_horizontal(pl.col(c) == "" for c in self.header.names)
-        nb = df.height
-        df = df.filter(~blank)
-        self.blank_lines += nb - df.height
-        if df.height == 0:
-            return
-        df = df.with_columns(_ts_seconds(df).alias("__ts_s"), _num("util_percent").alias("__util"),
-                             *([_num("memory_used_bytes").alias("__mem")] if self.header.has_mem else []))
+        ts = _ts_seconds(df.get_column("timestamp"))
+        if ts.null_count():  # blank lines (every field empty) are ignored; only they can be all ""
+            blank = df.select(pl.all_horizontal(pl.col(c) == "" for c in self.header.names)).to_series()
+            if blank.any():
+                self.blank_lines += int(blank.sum())
+                df, ts = df.filter(~blank), ts.filter(~blank)
+                if df.height == 0:
+                    return
+        df = df.with_columns(ts.alias("__ts_s"), pl.col("gpu").str.strip_chars().alias("__gpu"), _to_float(df.get_column("util_percent")).alias("__util"),
+                             *([_to_float(df.get_column("memory_used_bytes")).alias("__mem")]
+                               if self.header.has_mem else []))
         bad_any = pl.any_horizontal(cond for _c, cond, _m in self._checks)
         bad = df.filter(bad_any.fill_null(False))
         if bad.height:
@@ -250,7 +256,7 @@ class Reader:
             return  # the import fails: keep reading only to report problems
         yield df.select(
             (pl.col("__ts_s") * 1000).round().cast(pl.Int64).alias("ts_ms"),
-            pl.col("gpu").str.strip_chars(),
+            pl.col("__gpu").alias("gpu"),
             pl.col("__util").cast(pl.Float32).alias("util"),
             *([pl.col("__mem").round().cast(pl.Int64).alias("mem")] if self.header.has_mem else []),
             pl.col("line"),

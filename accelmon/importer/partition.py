@@ -26,7 +26,7 @@ from accelmon.importer.parse import Problems
 from accelmon.store.schema import GPU_SAMPLE
 from accelmon.store.staging import Staging
 
-CHUNK_ROWS = 3_000_000  # rows sorted at once in pass 2 (~100 B/row while sorting)
+CHUNK_ROWS = 2_000_000  # rows sorted at once in pass 2 (a few hundred bytes a row at the peak)
 BYTES_PER_ROW_GUESS = 20  # shortest realistic row: "1796500020,gpu-0,5\n"
 MAX_BUCKETS = 256
 DAY_MS = 86_400_000
@@ -63,10 +63,14 @@ class Spill:
         self.first_ms = lo if self.first_ms is None else min(self.first_ms, lo)
         self.last_ms = hi if self.last_ms is None else max(self.last_ms, hi)
         self.gpus.update(df["gpu"].unique().to_list())
-        keyed = df.with_columns((pl.col("ts_ms") // DAY_MS).alias("__day"),
-                                (pl.col("gpu").hash(seed=0) % self.buckets).cast(pl.Int64).alias("__bucket"))
-        for key, part in keyed.partition_by("__day", "__bucket", as_dict=True, include_key=False).items():
-            k = (int(key[0]), int(key[1]))  # type: ignore[call-overload]
+        if self.buckets == 1 and lo // DAY_MS == hi // DAY_MS:  # the usual small case: one key
+            parts = {(lo // DAY_MS, 0): df}
+        else:
+            keyed = df.with_columns((pl.col("ts_ms") // DAY_MS).alias("__day"),
+                                    (pl.col("gpu").hash(seed=0) % self.buckets).cast(pl.Int64).alias("__bucket"))
+            parts = {(int(k[0]), int(k[1])): v  # type: ignore[call-overload]
+                     for k, v in keyed.partition_by("__day", "__bucket", as_dict=True, include_key=False).items()}
+        for k, part in parts.items():
             p = self.root / f"{k[0]}-{k[1]}-{self._n:06d}.arrow"
             part.write_ipc(p, compression="lz4")
             self.counts[k] += part.height
@@ -99,7 +103,7 @@ def _to_arrow(df: pl.DataFrame, has_mem: bool) -> pa.Table:
         elif f.name == "gpu_uuid":
             cols[f.name] = df["gpu"].to_arrow().cast(pa.string())
         elif f.name == "source":
-            cols[f.name] = pa.array(["import"] * n, pa.string()) if n else pa.array([], pa.string())
+            cols[f.name] = pa.repeat(pa.scalar("import", pa.string()), n)
         elif f.name == "util_percent":
             cols[f.name] = df["util"].to_arrow()
         elif f.name == "fb_used_bytes" and has_mem:
@@ -144,8 +148,10 @@ def dedupe_and_stage(spill: Spill, stg: Staging, problems: Problems,
         try:
             for group in spill.groups(day):
                 df = pl.concat([pl.read_ipc(p) for b in group for p in spill.files[(day, b)]])
-                df = df.sort("gpu", "ts_ms", "line")
-                same = (pl.col("gpu") == pl.col("gpu").shift(1)) & (pl.col("ts_ms") == pl.col("ts_ms").shift(1))
+                # integer GPU codes sort ~5x faster than strings; a stable sort keeps line order in ties
+                df = df.with_columns(pl.col("gpu").cast(pl.Categorical).to_physical().alias("__g"))
+                df = df.sort("__g", "ts_ms", maintain_order=True)
+                same = (pl.col("__g") == pl.col("__g").shift(1)) & (pl.col("ts_ms") == pl.col("ts_ms").shift(1))
                 equal = pl.all_horizontal(pl.col(v).eq_missing(pl.col(v).shift(1)) for v in vals)
                 df = df.with_columns(same.fill_null(False).alias("__dup"), equal.alias("__eq"))
                 conflicts = df.filter(pl.col("__dup") & ~pl.col("__eq"))
@@ -165,7 +171,7 @@ def dedupe_and_stage(spill: Spill, stg: Staging, problems: Problems,
                     progress(done)
                 if problems.total:
                     continue  # keep checking the rest, write nothing
-                out = df.filter(~pl.col("__dup"))
+                out = df.filter(~pl.col("__dup")) if ndup else df
                 if writer is None:
                     path, name = stg.new_path("gpu_sample", day_iso(day))
                     writer = _writer(path)
