@@ -103,6 +103,7 @@ def import_trace(store: Store, path: Path, *, force: bool = False, progress: Pro
                 spill.add(batch)
                 if progress:
                     progress("read", reader.bytes_read(), size)
+            staging.fault_point("read")
             if problems.total:
                 raise TraceError(problems.lines())
             if spill.rows == 0:

@@ -181,14 +181,19 @@ def _publish_one(store: Store, sdir: Path, f: StagedFile) -> Path:
     return dest
 
 
-def _stop_hook(point: str, n: int = 0) -> None:
-    """Fault injection for the kill -9 tests: ``ACCELMON_TEST_IMPORT_STOP=published:1`` makes the
-    process SIGSTOP itself at that point (the test then kills it with SIGKILL)."""
-    want = os.environ.get("ACCELMON_TEST_IMPORT_STOP")
-    if want and want == f"{point}:{n}":
+def fault_point(point: str, n: int = 0) -> None:
+    """Fault injection for the crash tests (tests/importer): at ``<point>:<n>``,
+    ``ACCELMON_TEST_IMPORT_STOP`` makes the process SIGSTOP itself (the test then kills it with
+    SIGKILL) and ``ACCELMON_TEST_IMPORT_FAIL`` raises "No space left on device"."""
+    here = f"{point}:{n}"
+    if os.environ.get("ACCELMON_TEST_IMPORT_STOP") == here:
         import signal
 
         os.kill(os.getpid(), signal.SIGSTOP)
+    if os.environ.get("ACCELMON_TEST_IMPORT_FAIL") == here:
+        import errno
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def publish(stg: Staging, ledger: str, key: str, entry: dict[str, Any], *, force: bool = False) -> bool:
@@ -204,7 +209,7 @@ def publish(stg: Staging, ledger: str, key: str, entry: dict[str, Any], *, force
         for d in {(stg.dir / f.staged).parent for f in stg.files}:
             _fsync_dir(d)
         _write_json_atomic(stg.dir / JOURNAL, journal)  # commit point for recover()
-        _stop_hook("journal")
+        fault_point("journal")
         tables = sorted({f.table for f in stg.files})
         with contextlib.ExitStack() as locks:
             for t in tables:  # compaction must not merge what we may still roll back
@@ -214,12 +219,12 @@ def publish(stg: Staging, ledger: str, key: str, entry: dict[str, Any], *, force
                 for i, f in enumerate(stg.files):
                     existed = _link(store, f.table, f.day).is_symlink()
                     done.append((f, _publish_one(store, stg.dir, f), existed))
-                    _stop_hook("published", i + 1)
+                    fault_point("published", i + 1)
                 _record(store, ledger, key, entry)
             except BaseException:
                 _roll_back(store, stg.dir, done)
                 raise
-        _stop_hook("recorded")
+        fault_point("recorded")
     return True
 
 
