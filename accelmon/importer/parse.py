@@ -24,7 +24,7 @@ from accelmon.errors import UserError
 REQUIRED = ("timestamp", "gpu", "util_percent")
 OPTIONAL = ("memory_used_bytes",)
 MAX_PROBLEMS = 50
-BLOCK_BYTES = 16 << 20
+BLOCK_BYTES = 8 << 20
 
 # Plausible time range of a GPU utilization trace. 2000-01-01 predates NVML (2011) and CUDA
 # (2007); 2100 is far enough ahead for any clock. A Unix time in *milliseconds* (1796500020000)

@@ -26,7 +26,7 @@ from accelmon.importer.parse import Problems
 from accelmon.store.schema import GPU_SAMPLE
 from accelmon.store.staging import Staging
 
-CHUNK_ROWS = 2_000_000  # rows sorted at once in pass 2 (a few hundred bytes a row at the peak)
+CHUNK_ROWS = 1_000_000  # rows sorted at once in pass 2 (a few hundred bytes a row at the peak)
 BYTES_PER_ROW_GUESS = 20  # shortest realistic row: "1796500020,gpu-0,5\n"
 MAX_BUCKETS = 256
 DAY_MS = 86_400_000
@@ -34,8 +34,8 @@ DAY_MS = 86_400_000
 
 def bucket_count(size_bytes: int) -> int:
     """Hash buckets per day, from the file size, so that even a file whose rows all fall on one
-    day splits into groups of about CHUNK_ROWS."""
-    return max(1, min(MAX_BUCKETS, math.ceil(size_bytes / BYTES_PER_ROW_GUESS / CHUNK_ROWS)))
+    day splits into buckets of about 2 × CHUNK_ROWS (more buckets would mean many tiny spill files)."""
+    return max(1, min(MAX_BUCKETS, math.ceil(size_bytes / BYTES_PER_ROW_GUESS / (2 * CHUNK_ROWS))))
 
 
 def day_iso(day_no: int) -> str:
