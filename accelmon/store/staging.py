@@ -183,14 +183,14 @@ def _publish_one(store: Store, sdir: Path, f: StagedFile) -> Path:
 
 def fault_point(point: str, n: int = 0) -> None:
     """Fault injection for the crash tests (tests/importer): at ``<point>:<n>``,
-    ``ACCELMON_TEST_IMPORT_STOP`` makes the process SIGSTOP itself (the test then kills it with
-    SIGKILL) and ``ACCELMON_TEST_IMPORT_FAIL`` raises "No space left on device"."""
+    ``IMPORT_TRACE_TEST_STOP`` makes the process SIGSTOP itself (the test then kills it with
+    SIGKILL) and ``IMPORT_TRACE_TEST_FAIL`` raises "No space left on device"."""
     here = f"{point}:{n}"
-    if os.environ.get("ACCELMON_TEST_IMPORT_STOP") == here:
+    if os.environ.get("IMPORT_TRACE_TEST_STOP") == here:
         import signal
 
         os.kill(os.getpid(), signal.SIGSTOP)
-    if os.environ.get("ACCELMON_TEST_IMPORT_FAIL") == here:
+    if os.environ.get("IMPORT_TRACE_TEST_FAIL") == here:
         import errno
 
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

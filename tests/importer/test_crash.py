@@ -53,7 +53,7 @@ def test_kill_9_at_each_step_then_retry_gives_everything_exactly_once(setup: tup
     data, trace, n0 = setup
     expected = n0 + 4 * 3 * 288
     before = snapshot(data)
-    p = start_import(data, trace, {"ACCELMON_TEST_IMPORT_STOP": point})
+    p = start_import(data, trace, {"IMPORT_TRACE_TEST_STOP": point})
     _wait_stopped(p)
     _kill9(p)
     if point in ("read:0", "journal:0"):
