@@ -7,8 +7,9 @@ alone). Baseline in the same run: the previous importer, which loaded the whole 
 polars frame (kept below as ``naive_import``), on a smaller file (``--naive-rows``), because at
 50 M rows it needs ~10 GB.
 
-Last line: ``rows_per_s=<R> peak_rss_mb=<M> naive_rows_per_s=<R0> naive_peak_rss_mb=<M0>``
-(targets: M < 1000 and R ≥ R0).
+Last line: ``rows_per_s=<R> peak_rss_mb=<M> naive_rows_per_s=<R0> naive_peak_rss_mb=<M0>
+rows_per_s_at_naive_size=<R1>`` (R1: the streaming importer on the baseline's file, same run;
+targets: M < 1000 and R ≥ R0).
 """
 
 from __future__ import annotations
@@ -107,6 +108,10 @@ def main() -> None:
             print(f"naive (previous importer): {a.naive_rows:,} rows, {size / 1e6:.0f} MB in {wall:.1f} s, "
                   f"peak RSS {rss:.0f} MB")
             naive = f" naive_rows_per_s={a.naive_rows / wall:.0f} naive_peak_rss_mb={rss:.0f}"
+            wall, rss, _ = run_measured([sys.executable, "-m", "accelmon.cli", "--data-dir", str(work / "small-data"),
+                                         "import-trace", str(small)])
+            print(f"streaming importer on the same {a.naive_rows:,} rows: {wall:.1f} s, peak RSS {rss:.0f} MB")
+            naive += f" rows_per_s_at_naive_size={a.naive_rows / wall:.0f}"
             small.unlink()
         big = work / "trace.csv"
         t = time.perf_counter()
