@@ -208,34 +208,31 @@ def import_trace(
     files: Annotated[list[Path], typer.Argument(help="CSV file(s): timestamp,gpu,util_percent[,memory_used_bytes].")],
     force: Annotated[bool, typer.Option("--force", help="Import a file again even if it was imported before.")] = False,
 ) -> None:
-    """Import GPU utilization traces (CSV) as GPU samples; all or nothing per file."""
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-
+    """Import GPU utilization traces (CSV) as GPU samples; all or nothing per file, a file
+    already imported (same content) adds nothing."""
     from accelmon import importer
 
     store = state.store()
     code = 0
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                  transient=True, disable=not sys.stderr.isatty(),
-                  console=Console(stderr=True)) as prog:
-        for f in files:
-            task = prog.add_task(f"importing {f.name}", total=None)
-            try:
-                res = importer.import_trace(store, f, force=force,
-                                            progress=lambda done, total, t=task: prog.update(t, completed=done,
-                                                                                            total=total))
-            except importer.TraceError as e:
-                for line in e.problems:
-                    typer.echo(line, err=True)
-                typer.echo(f"accelmon: {f}: nothing imported", err=True)
-                code = 1
-                continue
-            except UserError as e:
-                typer.echo(f"accelmon: {e}", err=True)
-                code = max(code, e.exit_code)
-                continue
-            typer.echo(f"{f}: imported {res.rows} samples of {res.gpus} GPU(s), {res.first} .. {res.last}")
+    try:
+        for msg in importer.recover(store):  # imports a kill -9 interrupted
+            typer.echo(f"accelmon: {msg}", err=True)
+    except UserError as e:
+        fail(str(e), e.exit_code)
+    for f in files:
+        try:
+            res = importer.import_trace(store, f, force=force, progress=importer.stderr_progress(str(f)))
+        except importer.TraceError as e:
+            for line in e.problems:
+                typer.echo(line, err=True)
+            typer.echo(f"accelmon: {f}: nothing imported", err=True)
+            code = 1
+            continue
+        except UserError as e:
+            typer.echo(f"accelmon: {e}", err=True)
+            code = max(code, e.exit_code)
+            continue
+        typer.echo(importer.summary(res))
     raise typer.Exit(code)
 
 

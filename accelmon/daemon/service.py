@@ -273,6 +273,13 @@ class Daemon:
 
     # ------------------------------------------------------------------ lifecycle
     def prepare(self) -> None:
+        try:  # finish or discard what a killed `accelmon import-trace` left staged
+            from accelmon.store.staging import recover
+
+            for msg in recover(self.store):
+                log.warning("import-trace: %s", msg)
+        except Exception as e:  # noqa: BLE001 - the next import-trace retries it
+            log.warning("interrupted imports not recovered: %s", summarize(e))
         try:
             if not self.store.ensure_catalog():
                 log.info("catalog is held open by another process; its views stay as they are")
