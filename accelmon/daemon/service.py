@@ -273,6 +273,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ lifecycle
     def prepare(self) -> None:
+        self.store.quarantine_bad_files = True  # an unreadable file is moved aside on first failure
         try:
             if not self.store.ensure_catalog():
                 log.info("catalog is held open by another process; its views stay as they are")

@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from accelmon.store.schema import TABLES, Table, table
+from accelmon.store.sortkeys import sort_indices
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,34 @@ _counter = itertools.count()
 
 class StoreError(Exception):
     """A problem with the data dir that the user must fix (one line, names the path)."""
+
+
+class BadParquetFile(StoreError):
+    """A store file that cannot be read as Parquet (names the file)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: unreadable Parquet file: {reason}")
+        self.path = path
+
+
+@dataclass
+class CompactionFailure:
+    table: str
+    partition: str
+    error: str
+    bad_file: Path | None = None  # set when the cause is an unreadable input file
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
+def _read_input(t: Table, path: Path, strings: list[str]) -> pa.Table:
+    try:
+        raw = pq.read_table(path, read_dictionary=strings)
+    except (pa.ArrowException, OSError) as e:
+        raise BadParquetFile(path, _one_line(e)) from None
+    return to_arrow(t, raw)
 
 
 @dataclass
@@ -146,49 +175,6 @@ def _cast(col: pa.ChunkedArray, typ: pa.DataType, tname: str, cname: str) -> pa.
         raise ValueError(f"{tname}.{cname}: cannot store {col.type} as {typ}: {e}") from None
 
 
-def _key_codes(col: pa.ChunkedArray) -> np.ndarray:
-    """Integer codes that sort like the column (nulls first)."""
-    typ = col.type
-    if pa.types.is_dictionary(typ):
-        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-        dictionary = arr.dictionary
-        rank = np.empty(len(dictionary), dtype=np.int64)
-        rank[np.asarray(pc.array_sort_indices(dictionary).to_numpy())] = np.arange(len(dictionary))
-        idx = np.asarray(arr.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
-        return np.where(idx < 0, -1, rank[np.clip(idx, 0, None)]) if len(rank) else idx
-    if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_boolean(typ):
-        uniq = pc.unique(col).drop_null()
-        uniq = uniq.take(pc.array_sort_indices(uniq))
-        codes = pc.index_in(col, value_set=uniq).fill_null(-1)
-        return np.asarray(codes.to_numpy(), dtype=np.int64)
-    if pa.types.is_timestamp(typ) or pa.types.is_date(typ):
-        col = col.cast(pa.int64())
-    if pa.types.is_floating(typ):
-        return np.asarray(col.fill_null(-np.inf).to_numpy(), dtype=np.float64)
-    return np.asarray(col.fill_null(np.iinfo(np.int64).min).to_numpy(), dtype=np.int64)
-
-
-def sort_indices(data: pa.Table, keys: Sequence[str]) -> np.ndarray:
-    """Row order for compaction: by ``keys`` (last key typically the timestamp).
-
-    Fast path: a stable radix sort on the leading keys keeps arrival order within a group;
-    appended data arrives in time order, so the last key is usually already sorted. Checked,
-    with a full lexsort as the fallback."""
-    codes = [_key_codes(data.column(k)) for k in keys]
-    if len(codes) == 1:
-        return np.argsort(codes[0], kind="stable")
-    lead = codes[0]
-    for c in codes[1:-1]:
-        lead = lead * (int(c.max(initial=0)) + 2) + (c + 1)
-    idx = np.argsort(lead, kind="stable")
-    last = codes[-1][idx]
-    lead_s = lead[idx]
-    same = lead_s[1:] == lead_s[:-1]
-    if np.all(last[1:][same] >= last[:-1][same]):
-        return idx
-    return np.lexsort(tuple(reversed(codes)))
-
-
 def write_parquet(t: Table, data: pa.Table, f: Any, *, level: int = 6) -> None:
     """Write with the encodings that make time series small: dictionaries for keys,
     DELTA_BINARY_PACKED for counters and timestamps, zstd on top."""
@@ -212,28 +198,48 @@ def write_parquet(t: Table, data: pa.Table, f: Any, *, level: int = 6) -> None:
 class Store:
     """The data dir. Thread-safe; several processes may append concurrently."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, gc_grace_seconds: float = 600.0) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], *, gc_grace_seconds: float = 600.0,
+                 read_only_ok: bool = False) -> None:
+        """Open (and create) the data dir. With ``read_only_ok``, a data dir this process cannot
+        write (read-only mount, no permission) opens for reading: ``writable`` is then False."""
         self.root = Path(data_dir).absolute()
         self.gc_grace_seconds = gc_grace_seconds
+        self.writable = True
+        # the daemon sets this: a file a view cannot read is moved to quarantine/ (store/check.py)
+        self.quarantine_bad_files = False
         self._tlock = threading.Lock()
-        self._init_layout()
+        self._init_layout(read_only_ok)
 
     # ------------------------------------------------------------------ layout
-    def _init_layout(self) -> None:
+    def _init_layout(self, read_only_ok: bool = False) -> None:
         try:
             (self.root / "tables").mkdir(parents=True, exist_ok=True)
             (self.root / ".gen").mkdir(exist_ok=True)
+            writable = os.access(self.root, os.W_OK)
+            err = "data dir is not writable"
         except OSError as e:
-            raise StoreError(f"{self.root}: cannot create data dir: {e.strerror}") from None
-        if not os.access(self.root, os.W_OK):
-            raise StoreError(f"{self.root}: data dir is not writable")
-        for t in TABLES.values():
-            link = self.root / "tables" / t.name / f"date={EPOCH_PARTITION}"
-            if not link.exists():
+            writable, err = False, f"cannot create data dir: {e.strerror}"
+        if not writable:
+            if read_only_ok and (self.root / "tables").is_dir():
+                self.writable = False
+                return
+            raise StoreError(f"{self.root}: {err}") from None
+        from accelmon.store.check import remove_leftover_links
+
+        for link in remove_leftover_links(self):  # a kill inside a partition swap (docs/store.md)
+            log.warning("%s: removed the leftover of an interrupted partition swap", link)
+        self.ensure_epoch_files()
+
+    def ensure_epoch_files(self, tables: Iterable[str] | None = None) -> None:
+        """Every table keeps one (empty) file in the 1970-01-01 partition, so its view resolves."""
+        for name in tables or list(TABLES):
+            t = table(name)
+            gen = self._current_gen(t.name, EPOCH_PARTITION, create=False)
+            if gen is None or not gen.is_dir() or not any(gen.glob("*.parquet")):
                 self._append_partition(t, EPOCH_PARTITION, t.schema.empty_table())
 
     def table_glob(self, name: str) -> str:
-        return str(self.root / "tables" / name / "*" / "*.parquet")
+        return str(self.root / "tables" / name / "date=*" / "*.parquet")
 
     def _gen_root(self, tname: str) -> Path:
         return self.root / ".gen" / tname
@@ -328,17 +334,33 @@ class Store:
         *,
         min_files: int = 2,
         partitions: Iterable[str] | None = None,
+        failures: list[CompactionFailure] | None = None,
     ) -> list[CompactionResult]:
-        """Merge each partition's files into one sorted file. Safe to run while appending."""
+        """Merge each partition's files into one sorted file. Safe to run while appending.
+
+        A partition that fails (an unreadable input file, a disk error) does not stop the others:
+        it is left as it was, logged once per table and run, and appended to ``failures``."""
         results = []
         for name in tables or list(TABLES):
             t = table(name)
+            failed: list[CompactionFailure] = []
             for day in partitions or self.partitions(name):
                 if day == EPOCH_PARTITION:
                     continue
-                r = self._compact_partition(t, day, min_files)
+                try:
+                    r = self._compact_partition(t, day, min_files)
+                except Exception as e:  # noqa: BLE001 - one partition must not stop the rest
+                    bad = e.path if isinstance(e, BadParquetFile) else None
+                    failed.append(CompactionFailure(name, day, _one_line(e), bad))
+                    continue
                 if r:
                     results.append(r)
+            if failed:
+                log.warning("compaction of %s failed for %d partition(s) (%s): %s", name, len(failed),
+                            ", ".join(f.partition for f in failed[:5]) + (", …" if len(failed) > 5 else ""),
+                            failed[0].error)
+                if failures is not None:
+                    failures.extend(failed)
         return results
 
     def _compact_partition(self, t: Table, day: str, min_files: int) -> CompactionResult | None:
@@ -351,7 +373,7 @@ class Store:
                 return None
             strings = [c.name for c in t.columns if pa.types.is_string(c.type)]
             data = pa.concat_tables(
-                [to_arrow(t, pq.read_table(p, read_dictionary=strings)) for p in inputs], promote_options="permissive"
+                [_read_input(t, p, strings) for p in inputs], promote_options="permissive"
             ).unify_dictionaries()
             data = data.combine_chunks()
             keys = [c for c in t.sort_by if c in data.column_names]
