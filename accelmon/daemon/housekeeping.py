@@ -17,8 +17,8 @@ from accelmon.config import Config
 from accelmon.daemon import vmotion_history
 from accelmon.daemon.buffer import WriteBuffer
 from accelmon.daemon.state import DaemonState, PlanSummary
-from accelmon.store.schema import TABLES
 from accelmon.store import check
+from accelmon.store.schema import TABLES
 from accelmon.store.writer import CompactionFailure, Store
 
 log = logging.getLogger("accelmon.daemon")

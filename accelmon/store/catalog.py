@@ -162,7 +162,6 @@ def define_views(con: Any, store: Store) -> list[Path]:
             bad = check.find_bad_files(store, [name], deep=False)
             if not bad:
                 raise
-        check.report_bad(store, bad)
         if store.quarantine_bad_files and store.writable:
             for b in bad:
                 check.quarantine(store, b)
@@ -170,6 +169,7 @@ def define_views(con: Any, store: Store) -> list[Path]:
                 con.execute(table_view_sql(store, name))
                 continue
             bad = check.find_bad_files(store, [name], deep=False)
+        check.report_bad(store, bad)
         skip = {b.path for b in bad}
         left_out += sorted(skip)
         good = [f for f in store.files(name) if f not in skip]
