@@ -52,6 +52,10 @@ def compact(store: Store, state: DaemonState) -> list[CompactionFailure]:
         for f in failures:
             errors = state.store.compaction_errors_total
             errors[f.table] = errors.get(f.table, 0) + 1
+        for name in dict.fromkeys(f.table for f in failures):  # one line per table and run
+            failed = [f for f in failures if f.table == name]
+            log.warning("compaction of %s failed for %d partition(s) (%s): %s", name, len(failed),
+                        ", ".join(f.partition for f in failed), failed[0].error)
         _quarantine_failed(store, failures)
     finally:
         state.store.generations_removed_total += store.gc()

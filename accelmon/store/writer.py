@@ -59,8 +59,9 @@ class BadParquetFile(StoreError):
     """A store file that cannot be read as Parquet (names the file)."""
 
     def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: unreadable Parquet file: {reason}")
+        super().__init__(f"{path}: unreadable Parquet file ({reason})")
         self.path = path
+        self.reason = reason
 
 
 @dataclass
@@ -79,7 +80,8 @@ def _read_input(t: Table, path: Path, strings: list[str]) -> pa.Table:
     try:
         raw = pq.read_table(path, read_dictionary=strings)
     except (pa.ArrowException, OSError) as e:
-        raise BadParquetFile(path, _one_line(e)) from None
+        reason = re.sub(r"^Could not open Parquet input source '[^']*': ", "", _one_line(e))
+        raise BadParquetFile(path, reason) from None
     return to_arrow(t, raw)
 
 
@@ -339,7 +341,8 @@ class Store:
         """Merge each partition's files into one sorted file. Safe to run while appending.
 
         A partition that fails (an unreadable input file, a disk error) does not stop the others:
-        it is left as it was, logged once per table and run, and appended to ``failures``."""
+        it is left as it was and appended to ``failures`` (or, without that list, logged once per
+        table and run)."""
         results = []
         for name in tables or list(TABLES):
             t = table(name)
@@ -350,12 +353,16 @@ class Store:
                 try:
                     r = self._compact_partition(t, day, min_files)
                 except Exception as e:  # noqa: BLE001 - one partition must not stop the rest
-                    bad = e.path if isinstance(e, BadParquetFile) else None
-                    failed.append(CompactionFailure(name, day, _one_line(e), bad))
+                    if isinstance(e, BadParquetFile):
+                        shown = self.root / "tables" / name / f"date={day}" / e.path.name
+                        failed.append(CompactionFailure(name, day, f"{shown}: unreadable Parquet file ({e.reason})",
+                                                        e.path))
+                    else:
+                        failed.append(CompactionFailure(name, day, _one_line(e)))
                     continue
                 if r:
                     results.append(r)
-            if failed:
+            if failed and failures is None:  # a caller that collects the failures reports them
                 log.warning("compaction of %s failed for %d partition(s) (%s): %s", name, len(failed),
                             ", ".join(f.partition for f in failed[:5]) + (", …" if len(failed) > 5 else ""),
                             failed[0].error)
@@ -467,6 +474,12 @@ class Store:
             con.execute(f"SET threads={int(threads)}")
         define_views(con, self)
         return con
+
+    def define_views(self, con: Any) -> list[Path]:
+        """Define every table and view on a DuckDB connection; returns unreadable files left out."""
+        from accelmon.store.catalog import define_views
+
+        return define_views(con, self)
 
     def ensure_catalog(self) -> bool:
         """(Re)write the catalog file's views. Returns False when another process holds it."""
