@@ -366,8 +366,8 @@ class Store:
                 log.warning("compaction of %s failed for %d partition(s) (%s): %s", name, len(failed),
                             ", ".join(f.partition for f in failed[:5]) + (", …" if len(failed) > 5 else ""),
                             failed[0].error)
-                if failures is not None:
-                    failures.extend(failed)
+            if failures is not None:
+                failures.extend(failed)
         return results
 
     def _compact_partition(self, t: Table, day: str, min_files: int) -> CompactionResult | None:
