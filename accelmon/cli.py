@@ -274,7 +274,7 @@ def compact(
     gc: Annotated[bool, typer.Option("--gc/--no-gc", help="Also delete retired files past the grace period.")] = True,
 ) -> None:
     """Merge small Parquet files into one sorted file per table and day (the daemon does this hourly)."""
-    from accelmon.store.writer import CompactionFailure
+    from accelmon.store.compaction import CompactionFailure
 
     store = state.store()
     failures: list[CompactionFailure] = []

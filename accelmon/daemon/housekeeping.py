@@ -18,8 +18,9 @@ from accelmon.daemon import vmotion_history
 from accelmon.daemon.buffer import WriteBuffer
 from accelmon.daemon.state import DaemonState, PlanSummary
 from accelmon.store import check
+from accelmon.store.compaction import CompactionFailure
 from accelmon.store.schema import TABLES
-from accelmon.store.writer import CompactionFailure, Store
+from accelmon.store.writer import Store
 
 log = logging.getLogger("accelmon.daemon")
 
