@@ -310,6 +310,9 @@ class Store:
         """Delete retired generations and stale temp files older than the grace period."""
         now = time.time() if now is None else now
         removed = 0
+        for tmp in self.root.glob(".tmp-catalog-*"):  # a catalog write that was killed
+            if now - tmp.lstat().st_mtime > self.gc_grace_seconds:
+                tmp.unlink(missing_ok=True)
         for t in TABLES:
             root = self._gen_root(t)
             if not root.exists():

@@ -173,7 +173,7 @@ def test_sql_cannot_change_the_store(full_store: Path) -> None:
     "SELECT * FROM read_csv('/etc/passwd', sep = ':')",
     "SELECT * FROM glob('/etc/*')",
     "SELECT * FROM read_text('{data}/tables/../../../../etc/passwd')",
-    "SELECT * FROM read_text('{data}/accelmon.duckdb')",
+    "SELECT size FROM read_blob('{data}/accelmon.duckdb')",  # the catalog: not an allowed directory
 ])
 def test_sql_reads_nothing_outside_the_store(full_store: Path, q: str) -> None:
     r = accelmon("sql", q.format(data=full_store), data_dir=full_store)
