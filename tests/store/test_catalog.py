@@ -57,3 +57,32 @@ def test_an_unreadable_catalog_is_rewritten(tmp_path: Path) -> None:
     assert store.ensure_catalog()
     _views_answer(store.catalog_path)
     assert not list(tmp_path.glob(".tmp-catalog-*"))
+
+
+def test_the_daemons_store_quarantines_a_bad_file_on_the_first_failing_view(tmp_path: Path) -> None:
+    import datetime as dt
+    import logging
+
+    store = Store(tmp_path)
+    t0 = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
+    for k in range(3):
+        store.append("nvlink_sample", [{"ts": t0 + dt.timedelta(seconds=k), "gpu_uuid": "GPU-1", "link": k}])
+    bad = store.files("nvlink_sample")[-1]
+    raw = bad.read_bytes()
+    bad.write_bytes(raw[:20])
+    store.quarantine_bad_files = True  # what the daemon sets in prepare()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("accelmon.store").addHandler(handler)
+    try:
+        assert store.connect().execute("SELECT count(*) FROM nvlink_sample").fetchone()[0] == 2
+        assert store.connect().execute("SELECT count(*) FROM nvlink_sample").fetchone()[0] == 2
+    finally:
+        logging.getLogger("accelmon.store").removeHandler(handler)
+    moved = tmp_path / "quarantine" / "tables" / "nvlink_sample" / bad.parent.parent.name / bad.name
+    assert moved.read_bytes() == raw[:20] and not bad.exists()
+    named = [r.getMessage() for r in records if bad.name in r.getMessage()]
+    assert len(named) == 1 and "moved to" in named[0]
+    assert store.ensure_catalog()
+    _views_answer(store.catalog_path)
