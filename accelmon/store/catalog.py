@@ -160,6 +160,9 @@ def define_views(con: Any, store: Store) -> list[Path]:
             continue
         except duckdb.Error:
             bad = check.find_bad_files(store, [name], deep=False)
+            if not bad and not store.files(name):  # no file at all (e.g. a read-only copy without them)
+                con.execute(table_view_sql(store, name, []))
+                continue
             if not bad:
                 raise
         if store.quarantine_bad_files and store.writable:

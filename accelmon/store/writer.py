@@ -223,7 +223,10 @@ class Store:
     def _current_gen(self, tname: str, partition: str, create: bool) -> Path | None:
         link = self.root / "tables" / tname / f"date={partition}"
         if link.is_symlink():
-            return link.resolve()
+            gen = link.resolve()
+            if create and not gen.is_dir():  # its generation was removed by hand: start it again
+                gen.mkdir(parents=True, exist_ok=True)
+            return gen
         if not create:
             return None
         gen = self._gen_root(tname) / f"date={partition}" / "g000001"
