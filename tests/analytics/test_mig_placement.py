@@ -102,7 +102,7 @@ def test_accepted_combinations_have_a_non_overlapping_placement(c) -> None:
 def test_profile_allowed_uses_placements() -> None:
     """3g.20gb + 3g.20gb + 1g.5gb: 3 + 3 + 1 = 7 compute slices, so a slice sum accepts it, but the two
     3g instances take all 8 memory slots. 4g.20gb + 3g.20gb sit at 0 and 4."""
-    assert 3 + 3 + 1 <= MIG_SLICES and not mig.valid_mig_combination("a100-40", ["3g.20gb", "3g.20gb", "1g.5gb"])
+    assert MIG_SLICES >= 3 + 3 + 1 and not mig.valid_mig_combination("a100-40", ["3g.20gb", "3g.20gb", "1g.5gb"])
     gpu = PGpu("h/0000:3b:00.0", "h", 0, "a100-40", 40 * GIB)
     g = TABLE.get
     assert profile_allowed(gpu, [g("a100-40", "4-20c")], g("a100-40", "3-20c"))
