@@ -254,6 +254,8 @@ INV_HOST = _register(
             C("memory_bytes", _I64, "physical memory"),
             C("numa_node_count", _I16, "hardware.numaInfo.numNodes"),
             C("vgpu_mode", _STR, "config.graphicsInfo / sharedPassthruGpuAssignmentPolicy: sameSize | mixedSize | …"),
+            C("esxi_version", _STR, "config.product.version (ESXi release with update level, `8.0.3`)"),
+            C("esxi_build", _STR, "config.product.build"),
         ),
         partition_ts="snapshot_ts",
         sort_by=("vcenter_uuid", "host_moref"),
