@@ -53,11 +53,11 @@ class State:
         cfg = self.config()
         return cfg.data_dir if cfg.data_dir is not None else Path(DEFAULT_DATA_DIR)
 
-    def store(self) -> Any:
+    def store(self, *, read_only_ok: bool = False) -> Any:
         from accelmon.store import Store
 
         cfg = self.config()
-        return Store(self.data_dir(), gc_grace_seconds=cfg.retention.gc_grace)
+        return Store(self.data_dir(), gc_grace_seconds=cfg.retention.gc_grace, read_only_ok=read_only_ok)
 
 
 state = State()
@@ -197,7 +197,7 @@ def sql(
 
     if fmt not in ("table", "csv", "json"):
         fail(f"--format: must be table, csv or json, not {fmt!r}")
-    store = state.store()
+    store = state.store(read_only_ok=True)  # read-only: works on a read-only data dir too
     if query is None:
         raise typer.Exit(sqlshell.interactive(store))
     raise typer.Exit(sqlshell.run_query(store, query, fmt))
@@ -208,34 +208,31 @@ def import_trace(
     files: Annotated[list[Path], typer.Argument(help="CSV file(s): timestamp,gpu,util_percent[,memory_used_bytes].")],
     force: Annotated[bool, typer.Option("--force", help="Import a file again even if it was imported before.")] = False,
 ) -> None:
-    """Import GPU utilization traces (CSV) as GPU samples; all or nothing per file."""
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-
+    """Import GPU utilization traces (CSV) as GPU samples; all or nothing per file, a file
+    already imported (same content) adds nothing."""
     from accelmon import importer
 
     store = state.store()
     code = 0
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                  transient=True, disable=not sys.stderr.isatty(),
-                  console=Console(stderr=True)) as prog:
-        for f in files:
-            task = prog.add_task(f"importing {f.name}", total=None)
-            try:
-                res = importer.import_trace(store, f, force=force,
-                                            progress=lambda done, total, t=task: prog.update(t, completed=done,
-                                                                                            total=total))
-            except importer.TraceError as e:
-                for line in e.problems:
-                    typer.echo(line, err=True)
-                typer.echo(f"accelmon: {f}: nothing imported", err=True)
-                code = 1
-                continue
-            except UserError as e:
-                typer.echo(f"accelmon: {e}", err=True)
-                code = max(code, e.exit_code)
-                continue
-            typer.echo(f"{f}: imported {res.rows} samples of {res.gpus} GPU(s), {res.first} .. {res.last}")
+    try:
+        for msg in importer.recover(store):  # imports a kill -9 interrupted
+            typer.echo(f"accelmon: {msg}", err=True)
+    except UserError as e:
+        fail(str(e), e.exit_code)
+    for f in files:
+        try:
+            res = importer.import_trace(store, f, force=force, progress=importer.stderr_progress(str(f)))
+        except importer.TraceError as e:
+            for line in e.problems:
+                typer.echo(line, err=True)
+            typer.echo(f"accelmon: {f}: nothing imported", err=True)
+            code = 1
+            continue
+        except UserError as e:
+            typer.echo(f"accelmon: {e}", err=True)
+            code = max(code, e.exit_code)
+            continue
+        typer.echo(importer.summary(res))
     raise typer.Exit(code)
 
 
@@ -286,14 +283,56 @@ def compact(
     gc: Annotated[bool, typer.Option("--gc/--no-gc", help="Also delete retired files past the grace period.")] = True,
 ) -> None:
     """Merge small Parquet files into one sorted file per table and day (the daemon does this hourly)."""
+    from accelmon.store.compaction import CompactionFailure
+
     store = state.store()
-    results = store.compact()
-    for r in results:
-        typer.echo(f"{r.table} {r.partition}: {r.files_in} files -> 1 ({r.rows} rows, {r.bytes_out} bytes)")
-    if gc:
-        store.gc()
-    if not results:
+    failures: list[CompactionFailure] = []
+    try:
+        results = store.compact(failures=failures)
+        for r in results:
+            typer.echo(f"{r.table} {r.partition}: {r.files_in} files -> 1 ({r.rows} rows, {r.bytes_out} bytes)")
+    finally:
+        if gc:
+            store.gc()
+    for f in failures:
+        hint = "; `accelmon store check --repair` moves it aside" if f.bad_file else ""
+        typer.echo(f"accelmon: compact: {f.table} {f.partition}: {f.error}{hint}", err=True)
+    if not results and not failures:
         typer.echo("nothing to compact")
+    raise typer.Exit(1 if failures else 0)
+
+
+store_app = typer.Typer(help="Check and repair the store (unreadable files, leftovers of a kill).",
+                        no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("check")
+def store_check(
+    repair: Annotated[bool, typer.Option("--repair", help="Move unreadable files to <data-dir>/quarantine/, "
+                                         "remove leftovers, rebuild the catalog.")] = False,
+) -> None:
+    """List unreadable Parquet files and leftovers of a kill (exit 1 if any); --repair fixes them."""
+    from accelmon.store import check
+
+    store = state.store(read_only_ok=not repair)
+    res = check.check(store)
+    for b in res.bad_files:
+        typer.echo(f"{b.shown(store)}: unreadable Parquet file: {b.reason}")
+    for link in res.leftover_links:
+        typer.echo(f"{link}: leftover of an interrupted partition swap")
+    if not repair:
+        typer.echo(f"{res.files_checked} files checked, {len(res.bad_files)} unreadable, "
+                   f"{len(res.leftover_links)} leftover(s)" + ("" if res.ok else "; repair: accelmon store check --repair"))
+        raise typer.Exit(0 if res.ok else 1)
+    fixed = check.repair(store, res)
+    for b, dest in zip(res.bad_files, fixed.quarantined, strict=True):
+        typer.echo(f"{b.shown(store)}: moved to {dest}")
+    for link in fixed.links_removed:
+        typer.echo(f"{link}: removed")
+    typer.echo(f"{res.files_checked} files checked, {len(fixed.quarantined)} quarantined, "
+               f"{len(fixed.links_removed)} leftover(s) removed; catalog "
+               + ("rebuilt" if fixed.catalog_written else "held open by another process, not rewritten"))
 
 
 @app.command()

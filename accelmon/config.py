@@ -195,7 +195,8 @@ class RetentionConfig(_Model):
 
 class ThresholdsConfig(_Model):
     underutilized_percent: float = Field(15.0, gt=0, le=100)
-    min_coverage_ratio: float = Field(0.5, ge=0, le=1)
+    min_coverage_ratio: float = Field(0.5, ge=0, le=1)  # observed time / presence (docs/analytics.md)
+    min_covered_duration: Duration = 3600.0  # observed time a GPU needs before it is judged
     window: Duration = 7 * 86400.0
     stun_limit_seconds: float = Field(10.0, gt=0)
     target_util_percent: float = Field(60.0, gt=0, le=100)

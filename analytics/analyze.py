@@ -8,7 +8,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-from accelmon.analytics import consolidation, estate, identity, numa, power, profiles, samples, utilization, vmotion
+from accelmon.analytics import (
+    consolidation,
+    estate,
+    identity,
+    numa,
+    power,
+    presence,
+    profiles,
+    samples,
+    utilization,
+    verdict,
+    vmotion,
+)
 from accelmon.analytics.window import Window
 
 from accelmon.store.writer import Store
@@ -35,12 +47,18 @@ def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | Non
             con: Any | None = None, now: dt.datetime | None = None) -> Analysis:
     """``thresholds``: :class:`accelmon.config.ThresholdsConfig` (or anything with its fields)."""
     th = {k: float(getattr(thresholds, k)) for k in (
-        "underutilized_percent", "min_coverage_ratio", "window", "stun_limit_seconds", "target_util_percent")}
+        "underutilized_percent", "min_coverage_ratio", "min_covered_duration", "window", "stun_limit_seconds",
+        "target_util_percent")}
     con = con or store.connect()
     sa = samples.aggregate(store, window.start, window.end, threads=threads)
-    gpus = utilization.gpu_utilization(
-        sa, utilization.UtilThresholds(th["underutilized_percent"], th["min_coverage_ratio"]))
-    gmap = identity.gpu_vm_map(con, gpus.select("gpu", "vm_bios_uuid"))
+    metrics = utilization.gpu_metrics(sa)
+    gmap = identity.gpu_vm_map(con, metrics.select("gpu", "vm_bios_uuid"))
+    gpus = verdict.judge(
+        metrics,
+        verdict.UtilThresholds(th["underutilized_percent"], th["min_coverage_ratio"], th["min_covered_duration"]),
+        presence.presence(con, metrics, gmap, window),
+        presence.mig_modes(con),
+    )
     info = gmap.select("gpu", "vcenter_uuid", "vm_moref", "vm_name", "host_name", "cluster_name", "backing",
                        "vgpu_profile", "host_pci_id").unique(subset=["gpu"], keep="first")
     gpus = gpus.join(info, on="gpu", how="left")

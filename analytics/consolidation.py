@@ -29,6 +29,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from accelmon.analytics import mig
 from accelmon.analytics.profiles import GIB, Profile, ProfileTable
 
 HOURS_PER_MONTH = 730.0
@@ -163,8 +164,16 @@ def profile_allowed(gpu: PGpu, existing: list[Profile | None], p: Profile) -> bo
         return False
     same = sum(1 for q in qs if q.name == p.name) + 1
     if p.mode == "mig":
-        return same <= p.max_per_gpu and sum(q.mig_slices for q in qs) + p.mig_slices <= MIG_SLICES
+        # MIG User Guide, "Partitioning": GPU instances coexist only at non-overlapping placements
+        # (start slots per profile), not wherever slices sum to 7: analytics/mig.py
+        names = [mig.vgpu_to_mig(q.name) for q in [*qs, p]]
+        if any(n is None for n in names):
+            return False
+        return same <= p.max_per_gpu and mig.valid_mig_combination(gpu.model, [n for n in names if n])
     if gpu.vgpu_mode == "mixedSize":
+        # per-host evidence (analytics/vgpu_hetero.py): mixed series only where allowed
+        if not gpu.mixed_series_ok and any(q.series != p.series for q in qs):
+            return False
         return same <= p.max_mixed
     if any(q.fb_bytes != p.fb_bytes for q in qs):
         return False

@@ -14,21 +14,30 @@ import polars as pl
 from accelmon.analytics.consolidation import HostCap, PGpu, Tenant
 from accelmon.analytics.db import frame
 from accelmon.analytics.profiles import ProfileTable, parse_profile_name
+from accelmon.analytics.vgpu_hetero import HostVersions, heterogeneous_allowed, release_floor
 
 
-def _version_ok(api: str | None) -> bool:
-    """vSphere 8.0 U1 (API 8.0.1) or later allows mixing C/Q/A series of one framebuffer size."""
-    if not api:
-        return False
-    try:
-        parts = [int(x) for x in api.split(".")[:3]]
-    except ValueError:
-        return False
-    return tuple(parts + [0] * (3 - len(parts))) >= (8, 0, 1)
+def host_versions(hosts: pl.DataFrame, guest_drivers: dict[str, list[str]]) -> dict[str, HostVersions]:
+    """host name → :class:`HostVersions` from the ``hosts`` view and the host's vGPU guests' drivers.
+
+    ``esxi_version``/``esxi_build`` may be absent from stores written before they were
+    collected (NULL: unknown). The vGPU manager floor is the highest guest driver of a vGPU
+    guest on the host (a lower bound, see :mod:`accelmon.analytics.vgpu_hetero`).
+    """
+    out = {}
+    for r in hosts.to_dicts():
+        drivers = guest_drivers.get(r["host"], [])
+        floor = max(drivers, key=lambda d: release_floor(d) or (), default=None)
+        out[r["host"]] = HostVersions(
+            host=r["host"], esxi_version=r.get("esxi_version"), esxi_build=r.get("esxi_build"),
+            vgpu_manager_min=floor, vgpu_mode=r.get("vgpu_mode"),
+        )
+    return out
 
 
-def vgpu_mode(host_mode: str | None) -> str:
-    """The host's time-sliced vGPU placement mode: ``mixedSize`` only where vCenter says so.
+def vgpu_mode(host_mode: str | None, mixed_size: bool | None = True) -> str:
+    """The host's time-sliced vGPU placement mode: ``mixedSize`` only where vCenter says so
+    and the host's versions allow it (``mixed_size`` from :func:`heterogeneous_allowed`).
 
     ``hosts.vgpu_mode`` holds the GPUs' ``vgpuMode`` values (comma-joined, e.g.
     ``multiInstanceGpu,sameSize``) or, from vCenters that do not report it, the shared
@@ -36,7 +45,7 @@ def vgpu_mode(host_mode: str | None) -> str:
     about sizes: both mean the default, ``sameSize``.
     """
     modes = {m.strip() for m in (host_mode or "").split(",")}
-    return "mixedSize" if "mixedSize" in modes else "sameSize"
+    return "mixedSize" if "mixedSize" in modes and mixed_size is True else "sameSize"
 
 
 def build(con: Any, gpus: pl.DataFrame, gmap: pl.DataFrame, table: ProfileTable
@@ -44,22 +53,14 @@ def build(con: Any, gpus: pl.DataFrame, gmap: pl.DataFrame, table: ProfileTable
     hg = frame(con,
         """
         SELECT p.vcenter_uuid, p.host_moref, coalesce(h.host_name, p.host_moref) AS host, lower(p.pci_id) AS pci,
-               p.device_name, p.numa_node, p.fb_bytes, h.vgpu_mode, v.api_version
+               p.device_name, p.numa_node, p.fb_bytes, h.vgpu_mode
         FROM host_gpus p
         LEFT JOIN hosts h USING (vcenter_uuid, host_moref)
-        LEFT JOIN (SELECT * FROM inv_vcenter QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)) v
-             USING (vcenter_uuid)
         WHERE p.vendor_id = 4318 OR p.fb_bytes IS NOT NULL
         ORDER BY host, pci
         """
     )
-    hosts = frame(con,
-        """
-        SELECT h.vcenter_uuid, h.host_moref, coalesce(h.host_name, h.host_moref) AS host, h.memory_bytes,
-               h.cpu_cores, h.numa_node_count
-        FROM hosts h
-        """
-    )
+    hosts = frame(con, "SELECT *, coalesce(host_name, host_moref) AS host FROM hosts")
     nodes = frame(con,
         """
         SELECT vcenter_uuid, host_moref, node_id, len(cpu_ids) AS cpus FROM inv_numa_node
@@ -98,15 +99,32 @@ def build(con: Any, gpus: pl.DataFrame, gmap: pl.DataFrame, table: ProfileTable
         m = meas.get((r["vcenter_uuid"], r["vm_moref"], r["device_key"]))
         if m is not None and r["pci"] and m["idle_power_watts"] is not None:
             pt_power[(r["host"], r["pci"])] = float(m["idle_power_watts"])
+    # vGPU guests' drivers per host: a floor for the host's vGPU manager (vgpu_hetero)
+    drv = frame(con,
+        """
+        SELECT gpu_uuid AS gpu, driver_version FROM agent_gpu WHERE virtualization_mode = 'vgpu'
+        QUALIFY row_number() OVER (PARTITION BY gpu_uuid ORDER BY ts DESC) = 1
+        """
+    )
+    vm_host = {(r["vcenter_uuid"], r["vm_moref"]): r["host"] for r in ten.to_dicts()}
+    guest_drivers: dict[str, list[str]] = {}
+    drv_of = {r["gpu"]: r["driver_version"] for r in drv.to_dicts() if r["driver_version"]}
+    for r in gmap.to_dicts():
+        h = vm_host.get((r.get("vcenter_uuid"), r.get("vm_moref")))
+        if h is not None and r["gpu"] in drv_of:
+            guest_drivers.setdefault(h, []).append(drv_of[r["gpu"]])
+    versions = host_versions(hosts, guest_drivers)
+    hetero = {h: heterogeneous_allowed(v) for h, v in versions.items()}
     pgpus = []
     for r in hg.to_dicts():
+        series_ok, size_ok, _why = hetero.get(r["host"], (None, None, ""))
         model = table.model_for(r["device_name"], r["fb_bytes"])
         fb = r["fb_bytes"] or next((m.fb_total_bytes for m in table.models if m.key == model), 0)
         pgpus.append(PGpu(
             gpu_id=f"{r['host']}/{r['pci']}", host=r["host"],
             numa_node=None if r["numa_node"] is None or r["numa_node"] < 0 else int(r["numa_node"]),
-            model=model, fb_total_bytes=int(fb), vgpu_mode=vgpu_mode(r["vgpu_mode"]),
-            mixed_series_ok=_version_ok(r["api_version"]), idle_power_watts=pt_power.get((r["host"], r["pci"])),
+            model=model, fb_total_bytes=int(fb), vgpu_mode=vgpu_mode(r["vgpu_mode"], size_ok),
+            mixed_series_ok=series_ok is True, idle_power_watts=pt_power.get((r["host"], r["pci"])),
         ))
     tenants = []
     for r in ten.to_dicts():

@@ -25,6 +25,21 @@ def evidence(d: dict[str, Any]) -> str:
     return json.dumps({k: _j(v) for k, v in d.items()}, sort_keys=True, default=str)
 
 
+EVIDENCE_FIELDS = ("mean_util_percent", "p95_util_percent", "idle_ratio", "coverage_ratio", "covered_hours",
+                   "gap_hours", "missing_hours", "presence_seconds", "presence_source", "samples", "method", "source",
+                   "allocated_idle_hours", "idle_energy_joules", "mig_mode", "vm_name", "host_name")
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat()
+
+
+def gpu_evidence(r: dict[str, Any]) -> dict[str, Any]:
+    """The numbers behind a GPU verdict: utilization, coverage and the presence span it is measured against."""
+    return {**{k: r.get(k) for k in EVIDENCE_FIELDS},
+            "presence_start": _iso(r.get("presence_start_ms")), "presence_end": _iso(r.get("presence_end_ms"))}
+
+
 def rows(
     *,
     run_id: str,
@@ -39,25 +54,20 @@ def rows(
 ) -> list[dict[str, Any]]:
     base = {"generated_at": generated_at, "run_id": run_id, "window_start": window.start, "window_end": window.end}
     out: list[dict[str, Any]] = []
-    thr = thresholds["underutilized_percent"]
     for r in gpus.filter(pl.col("status") != "ok").to_dicts():
         if r["status"] == "underutilized":
-            reason = (f"mean utilization {r['mean_util_percent']:.1f} % < {thr:g} % over {r['covered_hours']:.1f} h "
-                      f"covered (coverage {100 * r['coverage_ratio']:.0f} %), p95 {r['p95_util_percent'] or 0:.0f} %, "
-                      f"idle {100 * (r['idle_ratio'] or 0):.0f} % of the time")
             fix = "consolidate onto a shared GPU (see the plan) or release the GPU"
             value = r["mean_util_percent"]
+        elif r["status"] == "mig_unreported":
+            fix = ("read per-instance activity from DCGM profiling metrics (DCGM_FI_PROF_GR_ENGINE_ACTIVE) "
+                   "or judge the MIG instances' own ids")
+            value = None
         else:
-            reason = (f"coverage {100 * r['coverage_ratio']:.0f} % < {100 * thresholds['min_coverage_ratio']:.0f} % of "
-                      f"the window: not enough samples to judge")
             fix = "check that the agent/exporter for this GPU is scraped"
             value = r["coverage_ratio"]
         out.append({**base, "kind": r["status"], "subject": r["gpu"], "vcenter_uuid": r.get("vcenter_uuid"),
-                    "value": value, "reason": reason, "fix": fix, "evidence_json": evidence(
-                        {k: r.get(k) for k in ("mean_util_percent", "p95_util_percent", "idle_ratio",
-                                               "coverage_ratio", "covered_hours", "gap_hours", "samples", "method",
-                                               "source", "allocated_idle_hours", "idle_energy_joules",
-                                               "vm_name", "host_name")})})
+                    "value": value, "reason": r["verdict_reason"], "fix": fix,
+                    "evidence_json": evidence(gpu_evidence(r))})
     # NUMA (analytics/numa.py): proven misaligned, or unknown for want of host-side evidence; the
     # evidence JSON carries the verdict, its rule and basis (which host facts it rests on)
     for kind, frame_ in (("numa_misaligned", numa), ("numa_unknown", numa_unknown)):

@@ -61,7 +61,7 @@ LN_DQ = 100.0  # Δt histogram: dq = round(100 · ln(Δt ms)), ~1 % wide buckets
 AGG_SCHEMA = {
     "sid": pl.Int64, "held": pl.Boolean, "dq": pl.Int32, "bin": pl.Int16, "n": pl.Int64,
     "dt_ms": pl.Float64, "cov_ms": pl.Float64, "busy_ms": pl.Float64, "alloc_ms": pl.Float64,
-    "e_ctr_mj": pl.Float64, "e_pow_mj": pl.Float64,
+    "alloc_busy_ms": pl.Float64, "e_ctr_mj": pl.Float64, "e_pow_mj": pl.Float64,
 }
 STAT_SCHEMA = {
     "sid": pl.Int64, "samples": pl.Int64, "first_ms": pl.Int64, "last_ms": pl.Int64,
@@ -276,6 +276,7 @@ def _intervals(a: _Arrays, same: np.ndarray, start_ms: int, cell_ms: int, ncells
     b = np.where(idle, 0, np.minimum(np.floor(ui), 100).astype(np.int64) + 1)
     busy = cov * ui / 100.0
     alloc = np.where(ok["fb_used_bytes"][:-1] & (v["fb_used_bytes"][:-1] >= ALLOC_FB_BYTES), cov, 0.0)
+    alloc_busy = np.where(alloc > 0, busy, 0.0)  # busy time of the allocated intervals
     eok = m & ok["energy_millijoules_total"][1:] & ok["energy_millijoules_total"][:-1]
     e_ctr = np.where(eok, _increase(v["energy_millijoules_total"]), 0).astype(np.float64)
     pok = m & ~eok & ok["power_milliwatts"][:-1]
@@ -285,19 +286,19 @@ def _intervals(a: _Arrays, same: np.ndarray, start_ms: int, cell_ms: int, ncells
     if ctr.any():
         idx = np.flatnonzero(ctr)
         frames.append(_sparse(sid[idx], np.zeros(len(idx), np.int64), b[idx], False, dtm[idx],
-                              cov[idx], busy[idx], alloc[idx], e_ctr[idx], e_pow[idx]))
+                              cov[idx], busy[idx], alloc[idx], alloc_busy[idx], e_ctr[idx], e_pow[idx]))
     if held.any():
         idx = np.flatnonzero(held)
         dq = np.rint(LN_DQ * np.log(np.maximum(dtm[idx], 1.0))).astype(np.int64)
         frames.append(_sparse(sid[idx], dq, b[idx], True, dtm[idx], cov[idx], busy[idx], alloc[idx],
-                              e_ctr[idx], e_pow[idx]))
+                              alloc_busy[idx], e_ctr[idx], e_pow[idx]))
     # energy-counter intervals with neither busy/idle counters nor utilization still count
     rest = m & ~ctr & ~held & eok
     if rest.any():
         idx = np.flatnonzero(rest)
         z = np.zeros(len(idx))
         frames.append(_sparse(sid[idx], np.full(len(idx), -1, np.int64), np.full(len(idx), -1, np.int64),
-                              False, dtm[idx], z, z, z, e_ctr[idx], z))
+                              False, dtm[idx], z, z, z, z, e_ctr[idx], z))
     agg = pl.concat(frames) if frames else pl.DataFrame(schema=AGG_SCHEMA)
     # heatmap: intervals no longer than a cell, by the cell their end falls in
     hm = (ctr | held) & (dtm <= cell_ms)
@@ -324,10 +325,13 @@ def _intervals_counters(a: _Arrays, m: np.ndarray, sid: np.ndarray, start_ms: in
     b[db == 0] = 0
     b[~m] = -2  # not an interval (series boundary): dropped by _sparse
     busy = cov * ui / 100.0
-    alloc = cov * (v["fb_used_bytes"][:-1] >= ALLOC_FB_BYTES)
+    held_fb = v["fb_used_bytes"][:-1] >= ALLOC_FB_BYTES
+    alloc = cov * held_fb
+    alloc_busy = busy * held_fb
     e_ctr = _increase(v["energy_millijoules_total"]).astype(np.float64)
     e_pow = np.zeros(len(cov))
-    agg = _sparse(sid, np.zeros(len(sid), np.int64), b, False, dti.astype(np.float64), cov, busy, alloc, e_ctr, e_pow)
+    agg = _sparse(sid, np.zeros(len(sid), np.int64), b, False, dti.astype(np.float64), cov, busy, alloc, alloc_busy,
+                  e_ctr, e_pow)
     hm = m & (dti <= cell_ms)
     cell = np.clip((a.t[1:] - start_ms) // cell_ms, 0, ncells - 1)
     heat = _sparse_heat(sid, cell, np.where(hm, cov, 0.0), np.where(hm, busy, 0.0), ncells)

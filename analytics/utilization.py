@@ -2,36 +2,33 @@
 
 Input: :class:`accelmon.analytics.samples.SeriesAggregates` (interval sums per series).
 Output: one row per GPU (or MIG instance / vGPU, whatever id the samples carry). The exact
-definitions are in docs/analytics.md; in short:
+definitions are in docs/analytics.md; in short (ARCHITECTURE.md, "Utilization": a sample with
+value v over dt contributes busy = dt·v/100 and idle = dt − busy):
 
 * covered time: counter intervals count min(Δbusy + Δidle, Δt); held intervals count Δt
   unless Δt > 2 × the series' median step (a *gap*, reported as missing coverage);
 * ``mean_util_percent`` = busy time / covered time × 100;
 * ``p95_util_percent``: time-weighted 95th percentile of interval utilization (1 % bins);
-* ``idle_ratio``: share of covered time in intervals with no work at all (Δbusy = 0 or a held 0 %);
-* ``allocated_idle_hours``: idle time while framebuffer ≥ 1 GiB was held;
-* energy: energy-counter increase, else held power × covered time; idle energy is the part in idle intervals;
-* ``underutilized``: ``None`` (insufficient data) when coverage < ``min_coverage_ratio``,
-  else mean < ``underutilized_percent``.
+* ``idle_ratio`` = idle time / covered time, idle = covered − busy (so = 1 − mean/100);
+* ``allocated_idle_hours``: idle time (covered − busy) of intervals while framebuffer ≥ 1 GiB was held;
+* energy: energy-counter increase, else held power × covered time; idle energy and idle power
+  are those of the *fully idle* intervals (no kernel at all: Δbusy = 0 or a held 0 %);
+* the verdict (coverage against the GPU's presence, minimum covered time, MIG) is
+  :func:`accelmon.analytics.verdict.judge`.
 
 When several sources wrote the same GPU id, the series with the most covered time is used.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import polars as pl
 from accelmon.analytics.samples import SeriesAggregates
+from accelmon.analytics.verdict import UtilThresholds, judge
+
+__all__ = ["UtilThresholds", "gpu_metrics", "gpu_utilization", "heatmap", "series_metrics"]
 
 GAP_DQ = 69  # Δt > 2 × median  ⇔  dq − median_dq > 100·ln 2 = 69.3
 SOURCE_PRIORITY = ["agent", "dcgm", "nvidia_gpu_exporter", "prometheus", "import", "simulation"]
-
-
-@dataclass(frozen=True)
-class UtilThresholds:
-    underutilized_percent: float = 15.0
-    min_coverage_ratio: float = 0.5
 
 
 def _median_dq(held: pl.DataFrame) -> pl.DataFrame:
@@ -68,8 +65,10 @@ def series_metrics(sa: SeriesAggregates) -> pl.DataFrame:
         counter_intervals=pl.col("n").filter(~pl.col("held") & (pl.col("bin") >= 0)).sum(),
         cov_ms=pl.col("cov_ms").sum(),
         busy_ms=pl.col("busy_ms").sum(),
-        idle_ms=pl.col("cov_ms").filter(idle).sum(),
-        alloc_idle_ms=pl.col("alloc_ms").filter(idle).sum(),
+        # idle = covered − busy (the definition), not "intervals at exactly 0 %"
+        idle_ms=(pl.col("cov_ms") - pl.col("busy_ms")).sum(),
+        alloc_idle_ms=(pl.col("alloc_ms") - pl.col("alloc_busy_ms")).sum(),
+        zero_ms=pl.col("cov_ms").filter(idle).sum(),
         e_mj=(pl.col("e_ctr_mj") + pl.col("e_pow_mj")).sum(),
         idle_e_mj=(pl.col("e_ctr_mj") + pl.col("e_pow_mj")).filter(idle).sum(),
         dt_ms=pl.col("dt_ms").sum(),
@@ -86,15 +85,22 @@ def series_metrics(sa: SeriesAggregates) -> pl.DataFrame:
         .join(med, on="sid", how="left")
         .with_columns(pl.col(c).fill_null(0) for c in
                       ("intervals", "held_intervals", "counter_intervals", "cov_ms", "busy_ms", "idle_ms",
-                       "alloc_idle_ms", "e_mj", "idle_e_mj", "dt_ms", "gap_ms", "gap_intervals", "gap_e_ctr_mj"))
+                       "alloc_idle_ms", "zero_ms", "e_mj", "idle_e_mj", "dt_ms", "gap_ms", "gap_intervals", "gap_e_ctr_mj"))
     )
     return out
 
 
-def gpu_utilization(sa: SeriesAggregates, th: UtilThresholds) -> pl.DataFrame:
-    """One row per GPU id, sorted by mean utilization (idle first), insufficient data last."""
+def gpu_utilization(sa: SeriesAggregates, th: UtilThresholds, presence: pl.DataFrame | None = None,
+                    mig: pl.DataFrame | None = None) -> pl.DataFrame:
+    """One row per GPU id with its verdict, sorted by mean utilization (idle first), unjudged last.
+
+    ``presence`` (:mod:`accelmon.analytics.presence`): per GPU; None = first to last sample."""
+    return judge(gpu_metrics(sa), th, presence, mig)
+
+
+def gpu_metrics(sa: SeriesAggregates) -> pl.DataFrame:
+    """One row per GPU id: the time-weighted figures, no verdict (see :func:`gpu_utilization`)."""
     s = series_metrics(sa)
-    window_s = max((sa.window_end_ms - sa.window_start_ms) / 1000.0, 1e-9)
     prio = {src: i for i, src in enumerate(SOURCE_PRIORITY)}
     s = s.with_columns(prio=pl.col("source").replace_strict(prio, default=len(prio), return_dtype=pl.Int32))
     s = s.sort(["gpu_uuid", "cov_ms", "prio"], descending=[False, True, False]).group_by(
@@ -115,15 +121,16 @@ def gpu_utilization(sa: SeriesAggregates, th: UtilThresholds) -> pl.DataFrame:
         mean_util_percent=pl.when(pl.col("cov_ms") > 0).then(100.0 * pl.col("busy_ms") / pl.col("cov_ms")),
         p95_util_percent=pl.col("p95_util_percent"),
         idle_ratio=pl.when(pl.col("cov_ms") > 0).then(pl.col("idle_ms") / pl.col("cov_ms")),
-        coverage_ratio=pl.min_horizontal(cov_s / window_s, pl.lit(1.0)),
         covered_hours=cov_s / 3600.0,
         gap_hours=pl.col("gap_ms") / 3.6e6,
-        missing_hours=pl.max_horizontal(window_s - cov_s, pl.lit(0.0)) / 3600.0,
-        idle_hours=pl.col("idle_ms") / 3.6e6,
-        allocated_idle_hours=pl.col("alloc_idle_ms") / 3.6e6,
+        # nothing measured (e.g. MIG without utilization) is NULL, not 0 hours
+        busy_hours=pl.when(pl.col("cov_ms") > 0).then(pl.col("busy_ms") / 3.6e6),
+        idle_hours=pl.when(pl.col("cov_ms") > 0).then(pl.col("idle_ms") / 3.6e6),
+        allocated_idle_hours=pl.when(pl.col("cov_ms") > 0).then(pl.col("alloc_idle_ms") / 3.6e6),
         energy_joules=(pl.col("e_mj") + pl.col("gap_e_ctr_mj")) / 1000.0,
         idle_energy_joules=pl.col("idle_e_mj") / 1000.0,
-        idle_power_watts=pl.when(pl.col("idle_ms") > 0).then(pl.col("idle_e_mj") / pl.col("idle_ms")),
+        # power drawn while no kernel ran at all (fully idle intervals)
+        idle_power_watts=pl.when(pl.col("zero_ms") > 0).then(pl.col("idle_e_mj") / pl.col("zero_ms")),
         mean_power_watts=pl.when(pl.col("cov_ms") > 0).then(pl.col("e_mj") / pl.col("cov_ms")),
         fb_max_bytes=pl.when(pl.col("fb_max_bytes") >= 0).then(pl.col("fb_max_bytes")),
         fb_total_bytes=pl.when(pl.col("fb_total_bytes") > 0).then(pl.col("fb_total_bytes")),
@@ -132,13 +139,8 @@ def gpu_utilization(sa: SeriesAggregates, th: UtilThresholds) -> pl.DataFrame:
     ).with_columns(
         energy_kwh=pl.col("energy_joules") / 3.6e6,
         idle_energy_kwh=pl.col("idle_energy_joules") / 3.6e6,
-        underutilized=pl.when(pl.col("coverage_ratio") < th.min_coverage_ratio).then(None)
-        .otherwise(pl.col("mean_util_percent") < th.underutilized_percent),
-    ).with_columns(
-        status=pl.when(pl.col("underutilized").is_null()).then(pl.lit("insufficient_data"))
-        .when(pl.col("underutilized")).then(pl.lit("underutilized")).otherwise(pl.lit("ok")),
     )
-    return out.sort([pl.col("underutilized").is_null(), "mean_util_percent", "gpu"], nulls_last=True)
+    return out
 
 
 def heatmap(sa: SeriesAggregates, gpus: pl.DataFrame) -> pl.DataFrame:

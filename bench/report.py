@@ -165,25 +165,26 @@ print(json.dumps({"rc": rc, "report_s": dt_s, "rss_mb": resource.getrusage(resou
 """
 
 
-def naive(store: Store, gpus: list[str], threshold: float = 15.0, min_cov: float = 0.5) -> tuple[float, dict]:
+def naive(store: Store, gpus: list[str], threshold: float = 15.0, min_cov: float = 0.5,
+          min_covered_ms: float = 3.6e6) -> tuple[float, dict]:
     """The same underutilization answer with a plain Python loop over rows (counters, resets)."""
     import duckdb  # noqa: F401  (the rows are read with the store's DuckDB views)
 
     t = time.perf_counter()
     con = store.connect()
-    lo, hi = con.execute("SELECT epoch_ms(min(ts)), epoch_ms(max(ts)) FROM gpu_sample").fetchone()
-    window_ms = hi - lo
     rows = con.execute(
         "SELECT gpu_uuid, epoch_ms(ts), busy_ms_total, idle_ms_total, util_percent FROM gpu_sample "
         "WHERE gpu_uuid IN (SELECT unnest(?)) ORDER BY gpu_uuid, ts", [gpus]).fetchall()
     out: dict[str, dict] = {}
     prev = None
     busy = cov = 0.0
+    first = 0
     for g, ts, b, i, _u in rows:
         if prev is None or prev[0] != g:
             if prev is not None:
-                out[prev[0]] = {"busy": busy, "cov": cov}
+                out[prev[0]] = {"busy": busy, "cov": cov, "span": prev[1] - first}
             busy = cov = 0.0
+            first = ts
         else:
             db = b - prev[2] if b >= prev[2] else b
             di = i - prev[3] if i >= prev[3] else i
@@ -194,12 +195,14 @@ def naive(store: Store, gpus: list[str], threshold: float = 15.0, min_cov: float
                 cov += c
         prev = (g, ts, b, i)
     if prev is not None:
-        out[prev[0]] = {"busy": busy, "cov": cov}
+        out[prev[0]] = {"busy": busy, "cov": cov, "span": prev[1] - first}
     res = {}
     for g, v in out.items():
         mean = 100.0 * v["busy"] / v["cov"] if v["cov"] else None
-        covr = v["cov"] / window_ms
-        res[g] = {"mean": mean, "flag": None if covr < min_cov else (mean is not None and mean < threshold)}
+        # coverage against presence: no inventory here, so first to last sample (docs/analytics.md)
+        covr = min(v["cov"] / v["span"], 1.0) if v["span"] > 0 else 0.0
+        judged = covr >= min_cov and v["cov"] >= min_covered_ms and mean is not None
+        res[g] = {"mean": mean, "flag": (mean < threshold) if judged else None}
     return time.perf_counter() - t, res
 
 

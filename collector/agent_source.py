@@ -431,6 +431,7 @@ class AgentSource(MetricsEndpointSource):
                     "mig_mode": {"enabled": True, "disabled": False}.get(i.get("mig_mode", "")),
                     "numa_node": small_int(i.get("numa_node")),
                     "fb_total_bytes": scaled_int(v.get("fb_total")),
+                    "source": "agent",
                 }
                 key = tuple(ident.values())
                 if self._identity.get(uuid) != key:

@@ -13,9 +13,23 @@ runs one of them does not need the agent.  What they cannot give is left null, n
 * nvidia_gpu_exporter (nvidia-smi) has no energy counter or PCIe byte counters.
 
 Unit conversions: dcgm ``FB_*`` are MiB, ``POWER_USAGE`` is W, ``TOTAL_ENERGY_CONSUMPTION``
-is mJ; nvidia_gpu_exporter already converts to bytes and ratios 0–1.  A dcgm MIG series
-(``GPU_I_ID`` label) is stored under ``<GPU UUID>/GI<GPU_I_ID>`` since dcgm-exporter does not
-export the MIG UUID.
+is mJ; nvidia_gpu_exporter already converts to bytes and ratios 0–1, and its NVML backend's
+``nvidia_smi_energy_joules_total`` is J.  A dcgm MIG series (``GPU_I_ID`` label) is stored under
+``<GPU UUID>/GI<GPU_I_ID>`` since dcgm-exporter does not export the MIG UUID.
+
+MIG mode goes to ``agent_gpu.mig_mode`` (true / false / null = not reported):
+
+* dcgm-exporter: ``DCGM_FI_DEV_MIG_MODE`` (DCGM field 67, 0/1; a gauge, or a label when the
+  counters CSV declares it ``label``) where the site exports it; otherwise a GPU with any
+  ``GPU_I_ID`` series is in MIG mode (true), and a GPU without one is *unknown* (null), never
+  false: dcgm-exporter shows instances only for the fields it watches per instance.
+* nvidia_gpu_exporter: ``nvidia_smi_mig_mode_current`` (nvidia-smi ``mig.mode.current``,
+  ``Enabled`` → 1, ``Disabled`` → 0; absent on GPUs that cannot do MIG).
+
+A GPU in MIG mode has no whole-GPU utilization (NVML answers NOT_SUPPORTED, DCGM leaves the
+field blank, nvidia-smi prints ``[N/A]``); both exporters then omit the line, and the sample's
+``util_percent`` stays null, never 0.  dcgm-exporter's host label is ``Hostname`` up to 4.x and
+``hostname`` after NVIDIA/dcgm-exporter#655; both are read.
 """
 
 from __future__ import annotations
@@ -50,6 +64,7 @@ class _ExporterSource(MetricsEndpointSource):
     def __init__(self, url: str, *, vm_bios_uuid: str | None = None, **kw: Any) -> None:
         super().__init__(url, **kw)
         self.vm_bios_uuid = vm_bios_uuid.lower() if vm_bios_uuid else None
+        self._mig: dict[str, bool] = {}  # GPU key -> MIG mode reported in this scrape (see prepare)
 
     # subclasses: per-GPU key and identity from a sample's labels
     def gpu_key(self, labels: dict[str, str]) -> str | None:
@@ -61,8 +76,12 @@ class _ExporterSource(MetricsEndpointSource):
     def convert(self, key: str, v: dict[str, float], ts: float) -> dict[str, Any]:
         raise NotImplementedError
 
+    def prepare(self, m: dict[str, list[Sample]]) -> None:
+        """Per-scrape state from the whole parse, before ``identity`` runs (subclasses)."""
+
     def _rows(self, text: str, scraped_at: float) -> dict[str, list[dict[str, Any]]]:
         m = parse_metrics(text, self.target)
+        self.prepare(m)
         per: dict[str, dict[str, float]] = {}
         labels_of: dict[str, dict[str, str]] = {}
         for name, key in self.VALUES.items():
@@ -79,7 +98,7 @@ class _ExporterSource(MetricsEndpointSource):
             row = {"ts": scraped_at, "gpu_uuid": g, "source": self.name, "vm_bios_uuid": self.vm_bios_uuid}
             row.update(self.convert(g, v, scraped_at))
             samples.append(row)
-            ident = self.identity(g, labels_of[g], m)
+            ident = {"source": self.name, **self.identity(g, labels_of[g], m)}
             ident["fb_total_bytes"] = row.get("fb_total_bytes")
             k = tuple(ident.values())
             if self._identity.get(g) != k:
@@ -110,6 +129,23 @@ class DcgmExporterSource(_ExporterSource):
         super().__init__(url, **kw)
         self._pcie: dict[str, tuple[float, float, float]] = {}  # gpu -> (t, tx, rx) integrated
 
+    def prepare(self, m: dict[str, list[Sample]]) -> None:
+        mig: dict[str, bool] = {}
+        for samples in m.values():  # instances of any field: MIG is on
+            for s in samples:
+                u = s.labels.get("UUID") or s.labels.get("uuid")
+                if u and s.labels.get("GPU_I_ID"):
+                    mig[u] = True
+                flag = _mig_flag(s.labels.get("DCGM_FI_DEV_MIG_MODE"))
+                if u and flag is not None:
+                    mig[u] = flag
+        for s in m.get("DCGM_FI_DEV_MIG_MODE", []):  # the field itself, where exported
+            u = s.labels.get("UUID") or s.labels.get("uuid")
+            flag = _mig_flag(s.value)
+            if u and flag is not None and not s.labels.get("GPU_I_ID"):
+                mig[u] = flag
+        self._mig = mig
+
     def gpu_key(self, labels: dict[str, str]) -> str | None:
         uuid = labels.get("UUID") or labels.get("uuid")
         if not uuid:
@@ -119,14 +155,15 @@ class DcgmExporterSource(_ExporterSource):
 
     def identity(self, key: str, labels: dict[str, str], m: dict[str, list[Sample]]) -> dict[str, Any]:
         gpu = labels.get("gpu", "")
+        uuid = labels.get("UUID") or labels.get("uuid") or ""
         return {
-            "hostname": labels.get("Hostname") or None,
+            "hostname": labels.get("Hostname") or labels.get("hostname") or None,
             "gpu_uuid": key,
             "gpu_index": small_int(gpu),
             "pci_bus_id": labels.get("pci_bus_id") or None,
             "model_name": labels.get("modelName") or None,
             "driver_version": labels.get("DCGM_FI_DRIVER_VERSION") or None,
-            "mig_mode": True if labels.get("GPU_I_ID") else None,
+            "mig_mode": True if labels.get("GPU_I_ID") else self._mig.get(uuid),
         }
 
     def convert(self, key: str, v: dict[str, float], ts: float) -> dict[str, Any]:
@@ -161,6 +198,7 @@ class NvidiaGpuExporterSource(_ExporterSource):
         "nvidia_smi_memory_used_bytes": "fb_used",
         "nvidia_smi_memory_total_bytes": "fb_total",
         "nvidia_smi_power_draw_watts": "power_w",
+        "nvidia_smi_energy_joules_total": "energy_j",  # NVML backend only
     }
 
     def gpu_key(self, labels: dict[str, str]) -> str | None:
@@ -182,7 +220,16 @@ class NvidiaGpuExporterSource(_ExporterSource):
             "model_name": info.get("name") or None,
             "serial": info.get("serial") if info.get("serial") not in (None, "", "[N/A]") else None,
             "driver_version": info.get("driver_version") or None,
+            "mig_mode": self._mig.get(key),
         }
+
+    def prepare(self, m: dict[str, list[Sample]]) -> None:
+        mig: dict[str, bool] = {}
+        for s in m.get("nvidia_smi_mig_mode_current", []):
+            g, flag = self.gpu_key(s.labels), _mig_flag(s.value)
+            if g is not None and flag is not None:
+                mig[g] = flag
+        self._mig = mig
 
     def convert(self, key: str, v: dict[str, float], ts: float) -> dict[str, Any]:
         util, mem = finite_or_none(v.get("util")), finite_or_none(v.get("mem_util"))
@@ -192,4 +239,20 @@ class NvidiaGpuExporterSource(_ExporterSource):
             "fb_used_bytes": scaled_int(v.get("fb_used")),
             "fb_total_bytes": scaled_int(v.get("fb_total")),
             "power_milliwatts": scaled_int(v.get("power_w"), 1000.0, bits=32),
+            "energy_millijoules_total": scaled_int(v.get("energy_j"), 1000.0),
         }
+
+
+def _mig_flag(v: str | float | None) -> bool | None:
+    """DCGM_FI_DEV_MIG_MODE / mig.mode.current as a bool: 1/"1"/"Enabled" → True, 0 → False."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        t = v.strip().lower()
+        if t in ("enabled", "1"):
+            return True
+        if t in ("disabled", "0"):
+            return False
+        return None
+    f = finite_or_none(v)
+    return {1.0: True, 0.0: False}.get(f) if f is not None else None

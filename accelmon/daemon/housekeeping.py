@@ -17,6 +17,8 @@ from accelmon.config import Config
 from accelmon.daemon import vmotion_history
 from accelmon.daemon.buffer import WriteBuffer
 from accelmon.daemon.state import DaemonState, PlanSummary
+from accelmon.store import check
+from accelmon.store.compaction import CompactionFailure
 from accelmon.store.schema import TABLES
 from accelmon.store.writer import Store
 
@@ -37,12 +39,37 @@ def flush(buffer: WriteBuffer, state: DaemonState) -> None:
     state.store.last_flush_ts = time.time()
 
 
-def compact(store: Store, state: DaemonState) -> None:
-    results = store.compact()
-    state.store.compactions_total += len(results)
-    for r in results:
-        log.debug("compacted %s %s: %d files -> 1 (%d rows)", r.table, r.partition, r.files_in, r.rows)
-    state.store.generations_removed_total += store.gc()
+def compact(store: Store, state: DaemonState) -> list[CompactionFailure]:
+    """Compact every table, then gc - always: a table whose compaction fails (logged once by
+    ``Store.compact`` with its name, counted per table in ``compaction_errors_total``) stops
+    neither the other tables nor the gc. A failure caused by an unreadable file quarantines it
+    (store/check.py), so the next run compacts the rest of that partition."""
+    failures: list[CompactionFailure] = []
+    try:
+        results = store.compact(failures=failures)
+        state.store.compactions_total += len(results)
+        for r in results:
+            log.debug("compacted %s %s: %d files -> 1 (%d rows)", r.table, r.partition, r.files_in, r.rows)
+        for f in failures:
+            errors = state.store.compaction_errors_total
+            errors[f.table] = errors.get(f.table, 0) + 1
+        for name in dict.fromkeys(f.table for f in failures):  # one line per table and run
+            failed = [f for f in failures if f.table == name]
+            log.warning("compaction of %s failed for %d partition(s) (%s): %s", name, len(failed),
+                        ", ".join(f.partition for f in failed), failed[0].error)
+        _quarantine_failed(store, failures)
+    finally:
+        state.store.generations_removed_total += store.gc()
+    return failures
+
+
+def _quarantine_failed(store: Store, failures: list[CompactionFailure]) -> None:
+    bad = {(f.table, f.partition) for f in failures if f.bad_file is not None}
+    if not bad or not store.writable:
+        return
+    for b in check.find_bad_files(store, sorted({t for t, _ in bad})):
+        if (b.table, b.partition) in bad:
+            check.quarantine(store, b)
 
 
 def retention(store: Store, cfg: Config, state: DaemonState, now: float | None = None) -> list[tuple[str, str]]:

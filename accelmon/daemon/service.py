@@ -29,6 +29,7 @@ from accelmon.daemon.pool import DaemonPoolExecutor
 from accelmon.daemon.runner import JobRunner, SourceRunner, summarize
 from accelmon.daemon.state import DaemonState
 from accelmon.errors import UserError
+from accelmon.store.staging import recover as recover_staged_imports
 from accelmon.store.writer import Store
 
 log = logging.getLogger("accelmon.daemon")
@@ -273,6 +274,12 @@ class Daemon:
 
     # ------------------------------------------------------------------ lifecycle
     def prepare(self) -> None:
+        self.store.quarantine_bad_files = True  # an unreadable file is moved aside on first failure
+        try:  # finish or discard what a killed `accelmon import-trace` left staged
+            for msg in recover_staged_imports(self.store):
+                log.warning("import-trace: %s", msg)
+        except Exception as e:  # noqa: BLE001 - the next import-trace retries it
+            log.warning("interrupted imports not recovered: %s", summarize(e))
         try:
             if not self.store.ensure_catalog():
                 log.info("catalog is held open by another process; its views stay as they are")

@@ -85,6 +85,7 @@ class StoreHealth:
     compactions_total: int = 0
     partitions_dropped_total: int = 0
     generations_removed_total: int = 0
+    compaction_errors_total: dict[str, int] = field(default_factory=dict)  # by table
 
 
 @dataclass

@@ -351,6 +351,11 @@ class SelfCollector(Collector):
                 value=st.last_flush_ts)
         yield from _data_dir_families(s.data_dir)
         yield C("accelmon_store_compactions", "Partitions compacted.", value=st.compactions_total)
+        cerr = C("accelmon_store_compaction_errors", "Partitions whose compaction failed, per table.",
+                 labels=["table"])
+        for t, n in sorted(st.compaction_errors_total.items()):
+            cerr.add([t], n)
+        yield cerr
         yield C("accelmon_store_partitions_dropped", "Partitions dropped by retention.",
                 value=st.partitions_dropped_total)
 

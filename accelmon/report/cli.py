@@ -135,7 +135,8 @@ def run_report(store: Store, cfg: Any, *, since: str | None = None, from_: dt.da
     share = s["underutilized_share"]
     print(f"window      {a.window.start:%Y-%m-%d %H:%M} – {a.window.end:%Y-%m-%d %H:%M} UTC ({a.window.label})")
     print(f"GPUs        {s['gpus']}: {s['underutilized']} underutilized"
-          f"{f' ({100 * share:.0f} %)' if share is not None else ''}, {s['insufficient_data']} insufficient data")
+          f"{f' ({100 * share:.0f} %)' if share is not None else ''}, {s['insufficient_data']} insufficient data"
+          + (f", {s['mig_unreported']} MIG (utilization not reported)" if s["mig_unreported"] else ""))
     print(f"idle        {s['idle_gpu_hours']:,.0f} GPU-hours, {s['idle_energy_kwh']:,.1f} kWh")
     print(f"NUMA        {s['numa_misaligned_vms']} misaligned VM(s); vMotion: {s['vmotion_flagged']} flagged "
           f"of {s['vmotion_migrations']}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -56,6 +57,25 @@ def img(svg: str, alt: str, wide: bool = False) -> str:
     return f'<img class="{cls}" alt="{esc(alt)}" src="{charts.data_uri(svg)}">'
 
 
+def pct(v: float | None) -> float | None:
+    return None if v is None else 100 * v
+
+
+def presence(r: dict[str, Any]) -> str:
+    """Presence span of a GPU row: hours and start – end (UTC)."""
+    sec = r.get("presence_seconds")
+    if sec is None:
+        return "–"
+    ends = []
+    for e in ("start", "end"):
+        v = r.get(f"presence_{e}")  # ISO string (the JSON rows)
+        if v is None and r.get(f"presence_{e}_ms") is not None:  # epoch ms (the analysis frame)
+            v = dt.datetime.fromtimestamp(r[f"presence_{e}_ms"] / 1000, dt.UTC).isoformat()
+        ends.append(None if v is None else str(v)[:16].replace("T", " "))
+    span = f' <span class="muted">{esc(ends[0])} – {esc(ends[1])}</span>' if None not in ends else ""
+    return f"{sec / 3600:.1f} h{span}"
+
+
 def card(value: str, label: str) -> str:
     return f'<div class="card"><b>{value}</b><span>{esc(label)}</span></div>'
 
@@ -70,7 +90,8 @@ def render(a: Analysis, doc: dict[str, Any]) -> str:
         card(str(s["gpus"]), "GPUs analysed"),
         card(f'{s["underutilized"]} <small class="muted">({num(100 * share if share is not None else None, "{:.0f}")} %)</small>',
              f"underutilized (< {th['underutilized_percent']:g} % mean)"),
-        card(str(s["insufficient_data"]), f"insufficient data (< {100 * th['min_coverage_ratio']:.0f} % coverage)"),
+        card(str(s["insufficient_data"]), f"insufficient data (< {100 * th['min_coverage_ratio']:.0f} % of presence "
+             f"or < {th['min_covered_duration'] / 3600:g} h observed)"),
         card(num(s["idle_gpu_hours"], "{:,.0f}"), "GPU-hours idle"),
         card(num(s["idle_energy_kwh"], "{:,.1f}"), "kWh spent idle"),
         card(f'{s["plan_frees_gpus"]} GPUs / {s["plan_frees_hosts"]} hosts', "the plan frees"),
@@ -89,8 +110,8 @@ def render(a: Analysis, doc: dict[str, Any]) -> str:
     else:
         parts.append('<h2>What changed since the previous report</h2><p class="sub">No earlier report in this store.</p>')
     # heatmap + distribution
-    order = g.filter(pl.col("status") != "insufficient_data")["gpu"].to_list() + \
-        g.filter(pl.col("status") == "insufficient_data")["gpu"].to_list()
+    order = g.filter(pl.col("underutilized").is_not_null())["gpu"].to_list() + \
+        g.filter(pl.col("underutilized").is_null())["gpu"].to_list()
     ncells = max(1, -(-int(a.window.seconds * 1000) // _cell_ms(a)))
     parts.append("<h2>Fleet heatmap (GPU × hour)</h2>")
     parts.append(img(charts.heatmap(a.heat, order, a.window.start_ms, _cell_ms(a), ncells), "fleet heatmap",
@@ -110,12 +131,13 @@ def render(a: Analysis, doc: dict[str, Any]) -> str:
                  "cluster (the inventory has no owner field).</p>")
     top = g.filter(pl.col("status") == "underutilized").sort("idle_hours", descending=True).head(40)
     parts.append(table(
-        ["GPU", "VM", "host", "cluster", "mean %", "p95 %", "idle %", "idle h", "alloc. idle h", "idle kWh", "coverage"],
+        ["GPU", "VM", "host", "cluster", "mean %", "p95 %", "idle %", "idle h", "alloc. idle h", "idle kWh", "present",
+         "coverage"],
         [[f"<code>{esc(r['gpu'])}</code>", esc(r.get("vm_name")), esc(r.get("host_name")), esc(r.get("cluster_name")),
-          num(r["mean_util_percent"]), num(r["p95_util_percent"], "{:.0f}"), num(100 * (r["idle_ratio"] or 0), "{:.0f}"),
-          num(r["idle_hours"]), num(r["allocated_idle_hours"]), num(r["idle_energy_kwh"], "{:.2f}"),
-          num(100 * r["coverage_ratio"], "{:.0f} %")] for r in top.to_dicts()],
-        numeric={4, 5, 6, 7, 8, 9, 10}) if top.height else '<p class="sub">None.</p>')
+          num(r["mean_util_percent"]), num(r["p95_util_percent"], "{:.0f}"), num(pct(r["idle_ratio"]), "{:.0f}"),
+          num(r["idle_hours"]), num(r["allocated_idle_hours"]), num(r["idle_energy_kwh"], "{:.2f}"), presence(r),
+          num(pct(r["coverage_ratio"]), "{:.0f} %")] for r in top.to_dicts()],
+        numeric={4, 5, 6, 7, 8, 9, 11}) if top.height else '<p class="sub">None.</p>')
     # NUMA
     parts.append("<h2>NUMA-misaligned VMs</h2>")
     parts.append(table(["VM", "host", "GPUs (host node)", "affinity", "why", "fix"], [
@@ -187,12 +209,23 @@ def render(a: Analysis, doc: dict[str, Any]) -> str:
             for r in pw["vms"].head(20).to_dicts()], numeric={1, 2}))
     ins = g.filter(pl.col("status") == "insufficient_data")
     if ins.height:
-        parts.append("<h2>Insufficient data</h2><p class='sub'>Neither flagged nor cleared: coverage below "
-                     f"{100 * th['min_coverage_ratio']:.0f} % of the window.</p>")
-        parts.append(table(["GPU", "VM", "coverage", "samples", "last sample"], [
-            [f"<code>{esc(r['gpu'])}</code>", esc(r.get("vm_name")), num(100 * r["coverage_ratio"], "{:.0f} %"),
-             str(r["samples"]), esc(r.get("last_sample"))] for r in
-            [x for x in doc["gpus"] if x["status"] == "insufficient_data"][:50]], numeric={2, 3}))
+        parts.append("<h2>Insufficient data</h2><p class='sub'>Neither flagged nor cleared: observed less than "
+                     f"{100 * th['min_coverage_ratio']:.0f} % of the time the GPU was present (VM powered on with "
+                     f"the device, else first to last sample), or less than {th['min_covered_duration'] / 3600:g} h."
+                     "</p>")
+        parts.append(table(["GPU", "VM", "present", "coverage", "samples", "last sample", "why"], [
+            [f"<code>{esc(r['gpu'])}</code>", esc(r.get("vm_name")), presence(r),
+             num(pct(r["coverage_ratio"]), "{:.0f} %"), str(r["samples"]), esc(r.get("last_sample")),
+             esc(r.get("verdict_reason"))] for r in
+            [x for x in doc["gpus"] if x["status"] == "insufficient_data"][:50]], numeric={3, 4}))
+    mig = [x for x in doc["gpus"] if x["status"] == "mig_unreported"]
+    if mig:
+        parts.append("<h2>MIG: utilization not reported</h2><p class='sub'>MIG is enabled on these GPUs and the "
+                     "driver does not report utilization for them (NVML), so they are neither flagged nor "
+                     "cleared.</p>")
+        parts.append(table(["GPU", "VM", "host", "present", "samples", "why"], [
+            [f"<code>{esc(r['gpu'])}</code>", esc(r.get("vm_name")), esc(r.get("host_name")), presence(r),
+             str(r["samples"]), esc(r.get("verdict_reason"))] for r in mig[:50]], numeric={4}))
     head = (f"<h1>accelmon — GPU utilization and consolidation report</h1>"
             f'<div class="sub">Window: {esc(a.window.start.strftime("%Y-%m-%d %H:%M"))} – '
             f'{esc(a.window.end.strftime("%Y-%m-%d %H:%M"))} UTC ({esc(a.window.label)}) · generated '

@@ -14,7 +14,9 @@ from accelmon.analytics.vmotion import as_json as vmotion_json
 SCHEMA_VERSION = 1
 GPU_FIELDS = [
     "gpu", "mean_util_percent", "p95_util_percent", "idle_ratio", "coverage_ratio", "underutilized", "status",
-    "source", "method", "samples", "step_seconds", "covered_hours", "gap_hours", "missing_hours", "idle_hours",
+    "verdict_reason", "presence_start", "presence_end", "presence_seconds", "presence_source", "mig_mode",
+    "source", "method", "samples", "step_seconds", "covered_hours", "gap_hours", "missing_hours", "busy_hours",
+    "idle_hours",
     "allocated_idle_hours", "energy_joules", "idle_energy_joules", "energy_kwh", "idle_energy_kwh",
     "mean_power_watts", "idle_power_watts", "fb_max_bytes", "fb_total_bytes", "vm_bios_uuid", "vcenter_uuid",
     "vm_moref", "vm_name", "host_name", "cluster_name", "backing", "vgpu_profile", "first_sample", "last_sample",
@@ -41,6 +43,8 @@ def gpu_rows(gpus: pl.DataFrame) -> list[dict[str, Any]]:
     g = gpus.with_columns(
         first_sample=pl.from_epoch("first_ms", time_unit="ms").dt.replace_time_zone("UTC"),
         last_sample=pl.from_epoch("last_ms", time_unit="ms").dt.replace_time_zone("UTC"),
+        **{f"presence_{e}": pl.from_epoch(f"presence_{e}_ms", time_unit="ms").dt.replace_time_zone("UTC")
+           for e in ("start", "end") if f"presence_{e}_ms" in gpus.columns},
     )
     return _rows(g.select([c for c in GPU_FIELDS if c in g.columns]))
 
@@ -50,13 +54,17 @@ def summary(a: Analysis) -> dict[str, Any]:
     n = g.height
     under = g.filter(pl.col("status") == "underutilized").height
     insuff = g.filter(pl.col("status") == "insufficient_data").height
-    judged = n - insuff
+    mig = g.filter(pl.col("status") == "mig_unreported").height
+    judged = g.filter(pl.col("underutilized").is_not_null()).height
+    covered = float(g["covered_hours"].sum()) if n else 0.0
     return clean({
         "gpus": n,
         "underutilized": under,
         "insufficient_data": insuff,
+        "mig_unreported": mig,
         "underutilized_share": under / judged if judged else None,
-        "mean_util_percent": g["mean_util_percent"].mean() if n else None,
+        # fleet mean, time-weighted like every utilization figure: Σ busy / Σ covered (NULL when nothing covered)
+        "mean_util_percent": 100.0 * float(g["busy_hours"].sum()) / covered if covered > 0 else None,
         "idle_gpu_hours": float(g["idle_hours"].sum()) if n else 0.0,
         "allocated_idle_gpu_hours": float(g["allocated_idle_hours"].sum()) if n else 0.0,
         "idle_energy_kwh": float(g["idle_energy_kwh"].sum()) if n else 0.0,

@@ -32,9 +32,8 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +41,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from accelmon.store.schema import TABLES, Table, table
+
+if TYPE_CHECKING:
+    from accelmon.store.compaction import CompactionFailure, CompactionResult
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +54,6 @@ _counter = itertools.count()
 
 class StoreError(Exception):
     """A problem with the data dir that the user must fix (one line, names the path)."""
-
-
-@dataclass
-class CompactionResult:
-    table: str
-    partition: str
-    files_in: int
-    rows: int
-    bytes_out: int
 
 
 def _fsync_dir(path: Path) -> None:
@@ -146,49 +139,6 @@ def _cast(col: pa.ChunkedArray, typ: pa.DataType, tname: str, cname: str) -> pa.
         raise ValueError(f"{tname}.{cname}: cannot store {col.type} as {typ}: {e}") from None
 
 
-def _key_codes(col: pa.ChunkedArray) -> np.ndarray:
-    """Integer codes that sort like the column (nulls first)."""
-    typ = col.type
-    if pa.types.is_dictionary(typ):
-        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-        dictionary = arr.dictionary
-        rank = np.empty(len(dictionary), dtype=np.int64)
-        rank[np.asarray(pc.array_sort_indices(dictionary).to_numpy())] = np.arange(len(dictionary))
-        idx = np.asarray(arr.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
-        return np.where(idx < 0, -1, rank[np.clip(idx, 0, None)]) if len(rank) else idx
-    if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_boolean(typ):
-        uniq = pc.unique(col).drop_null()
-        uniq = uniq.take(pc.array_sort_indices(uniq))
-        codes = pc.index_in(col, value_set=uniq).fill_null(-1)
-        return np.asarray(codes.to_numpy(), dtype=np.int64)
-    if pa.types.is_timestamp(typ) or pa.types.is_date(typ):
-        col = col.cast(pa.int64())
-    if pa.types.is_floating(typ):
-        return np.asarray(col.fill_null(-np.inf).to_numpy(), dtype=np.float64)
-    return np.asarray(col.fill_null(np.iinfo(np.int64).min).to_numpy(), dtype=np.int64)
-
-
-def sort_indices(data: pa.Table, keys: Sequence[str]) -> np.ndarray:
-    """Row order for compaction: by ``keys`` (last key typically the timestamp).
-
-    Fast path: a stable radix sort on the leading keys keeps arrival order within a group;
-    appended data arrives in time order, so the last key is usually already sorted. Checked,
-    with a full lexsort as the fallback."""
-    codes = [_key_codes(data.column(k)) for k in keys]
-    if len(codes) == 1:
-        return np.argsort(codes[0], kind="stable")
-    lead = codes[0]
-    for c in codes[1:-1]:
-        lead = lead * (int(c.max(initial=0)) + 2) + (c + 1)
-    idx = np.argsort(lead, kind="stable")
-    last = codes[-1][idx]
-    lead_s = lead[idx]
-    same = lead_s[1:] == lead_s[:-1]
-    if np.all(last[1:][same] >= last[:-1][same]):
-        return idx
-    return np.lexsort(tuple(reversed(codes)))
-
-
 def write_parquet(t: Table, data: pa.Table, f: Any, *, level: int = 6) -> None:
     """Write with the encodings that make time series small: dictionaries for keys,
     DELTA_BINARY_PACKED for counters and timestamps, zstd on top."""
@@ -212,28 +162,48 @@ def write_parquet(t: Table, data: pa.Table, f: Any, *, level: int = 6) -> None:
 class Store:
     """The data dir. Thread-safe; several processes may append concurrently."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, gc_grace_seconds: float = 600.0) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], *, gc_grace_seconds: float = 600.0,
+                 read_only_ok: bool = False) -> None:
+        """Open (and create) the data dir. With ``read_only_ok``, a data dir this process cannot
+        write (read-only mount, no permission) opens for reading: ``writable`` is then False."""
         self.root = Path(data_dir).absolute()
         self.gc_grace_seconds = gc_grace_seconds
+        self.writable = True
+        # the daemon sets this: a file a view cannot read is moved to quarantine/ (store/check.py)
+        self.quarantine_bad_files = False
         self._tlock = threading.Lock()
-        self._init_layout()
+        self._init_layout(read_only_ok)
 
     # ------------------------------------------------------------------ layout
-    def _init_layout(self) -> None:
+    def _init_layout(self, read_only_ok: bool = False) -> None:
         try:
             (self.root / "tables").mkdir(parents=True, exist_ok=True)
             (self.root / ".gen").mkdir(exist_ok=True)
+            writable = os.access(self.root, os.W_OK)
+            err = "data dir is not writable"
         except OSError as e:
-            raise StoreError(f"{self.root}: cannot create data dir: {e.strerror}") from None
-        if not os.access(self.root, os.W_OK):
-            raise StoreError(f"{self.root}: data dir is not writable")
-        for t in TABLES.values():
-            link = self.root / "tables" / t.name / f"date={EPOCH_PARTITION}"
-            if not link.exists():
+            writable, err = False, f"cannot create data dir: {e.strerror}"
+        if not writable:
+            if read_only_ok and (self.root / "tables").is_dir():
+                self.writable = False
+                return
+            raise StoreError(f"{self.root}: {err}") from None
+        from accelmon.store.check import remove_leftover_links
+
+        for link in remove_leftover_links(self):  # a kill inside a partition swap (docs/store.md)
+            log.warning("%s: removed the leftover of an interrupted partition swap", link)
+        self.ensure_epoch_files()
+
+    def ensure_epoch_files(self, tables: Iterable[str] | None = None) -> None:
+        """Every table keeps one (empty) file in the 1970-01-01 partition, so its view resolves."""
+        for name in tables or list(TABLES):
+            t = table(name)
+            gen = self._current_gen(t.name, EPOCH_PARTITION, create=False)
+            if gen is None or not gen.is_dir() or not any(gen.glob("*.parquet")):
                 self._append_partition(t, EPOCH_PARTITION, t.schema.empty_table())
 
     def table_glob(self, name: str) -> str:
-        return str(self.root / "tables" / name / "*" / "*.parquet")
+        return str(self.root / "tables" / name / "date=*" / "*.parquet")
 
     def _gen_root(self, tname: str) -> Path:
         return self.root / ".gen" / tname
@@ -253,7 +223,10 @@ class Store:
     def _current_gen(self, tname: str, partition: str, create: bool) -> Path | None:
         link = self.root / "tables" / tname / f"date={partition}"
         if link.is_symlink():
-            return link.resolve()
+            gen = link.resolve()
+            if create and not gen.is_dir():  # its generation was removed by hand: start it again
+                gen.mkdir(parents=True, exist_ok=True)
+            return gen
         if not create:
             return None
         gen = self._gen_root(tname) / f"date={partition}" / "g000001"
@@ -328,68 +301,21 @@ class Store:
         *,
         min_files: int = 2,
         partitions: Iterable[str] | None = None,
+        failures: list[CompactionFailure] | None = None,
     ) -> list[CompactionResult]:
-        """Merge each partition's files into one sorted file. Safe to run while appending."""
-        results = []
-        for name in tables or list(TABLES):
-            t = table(name)
-            for day in partitions or self.partitions(name):
-                if day == EPOCH_PARTITION:
-                    continue
-                r = self._compact_partition(t, day, min_files)
-                if r:
-                    results.append(r)
-        return results
+        """Merge each partition's files into one sorted file (accelmon/store/compaction.py)."""
+        from accelmon.store.compaction import compact
 
-    def _compact_partition(self, t: Table, day: str, min_files: int) -> CompactionResult | None:
-        with self._flock(t.name, "compact", fcntl.LOCK_EX):
-            old = self._current_gen(t.name, day, create=False)
-            if old is None:
-                return None
-            inputs = sorted(old.glob("*.parquet"))
-            if len(inputs) < min_files:
-                return None
-            strings = [c.name for c in t.columns if pa.types.is_string(c.type)]
-            data = pa.concat_tables(
-                [to_arrow(t, pq.read_table(p, read_dictionary=strings)) for p in inputs], promote_options="permissive"
-            ).unify_dictionaries()
-            data = data.combine_chunks()
-            keys = [c for c in t.sort_by if c in data.column_names]
-            if keys and data.num_rows:
-                data = data.take(sort_indices(data, keys))
-            m = _GEN_RE.match(old.name)
-            n = int(m.group(1)) + 1 if m else 1
-            new = old.parent / f"g{n:06d}"
-            while new.exists():  # leftover of a crashed compaction
-                shutil.rmtree(new)
-            new.mkdir()
-            out = new / f"compact-{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:8]}.parquet"
-            tmp = new / f".tmp-{out.name}"
-            try:
-                with open(tmp, "wb") as f:
-                    write_parquet(t, data, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-            except BaseException:
-                shutil.rmtree(new, ignore_errors=True)
-                raise
-            os.rename(tmp, out)
-            link = self.root / "tables" / t.name / f"date={day}"
-            with self._flock(t.name, "append", fcntl.LOCK_EX):
-                done = {p.name for p in inputs}
-                for p in sorted(old.glob("*.parquet")):
-                    if p.name not in done:  # arrived during compaction
-                        os.link(p, new / p.name)
-                _fsync_dir(new)
-                self._swap_link(link, new)
-            (old / ".retired").write_text(str(time.time()))
-            return CompactionResult(t.name, day, len(inputs), data.num_rows, out.stat().st_size)
+        return compact(self, tables, min_files=min_files, partitions=partitions, failures=failures)
 
     # ------------------------------------------------------------------ housekeeping
     def gc(self, now: float | None = None) -> int:
         """Delete retired generations and stale temp files older than the grace period."""
         now = time.time() if now is None else now
         removed = 0
+        for tmp in self.root.glob(".tmp-catalog-*"):  # a catalog write that was killed
+            if now - tmp.lstat().st_mtime > self.gc_grace_seconds:
+                tmp.unlink(missing_ok=True)
         for t in TABLES:
             root = self._gen_root(t)
             if not root.exists():
@@ -445,6 +371,12 @@ class Store:
             con.execute(f"SET threads={int(threads)}")
         define_views(con, self)
         return con
+
+    def define_views(self, con: Any) -> list[Path]:
+        """Define every table and view on a DuckDB connection; returns unreadable files left out."""
+        from accelmon.store.catalog import define_views
+
+        return define_views(con, self)
 
     def ensure_catalog(self) -> bool:
         """(Re)write the catalog file's views. Returns False when another process holds it."""

@@ -46,6 +46,8 @@ HOST_PROPS = (
     "config.graphicsInfo",
     "config.graphicsConfig",
     "config.pciPassthruInfo",
+    "config.product.version",
+    "config.product.build",
 )
 VM_PROPS = (
     "name",
@@ -382,6 +384,8 @@ class Model:
                     "memory_bytes": p.get("hardware.memorySize"),
                     "numa_node_count": numa.get("num"),
                     "vgpu_mode": ",".join(modes) if modes else p.get("config.graphicsConfig"),
+                    "esxi_version": p.get("config.product.version"),
+                    "esxi_build": p.get("config.product.build"),
                 }
             )
             for n in numa.get("nodes", []):

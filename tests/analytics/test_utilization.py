@@ -41,16 +41,29 @@ def test_held_means_match_reference_and_gaps_are_excluded(tmp_path):
     assert got["trace-trap"]["mean_util_percent"] < 6
 
 
-def test_low_coverage_is_insufficient_data_not_flagged(tmp_path):
+def test_coverage_is_against_the_sample_span_when_nothing_else_is_known(tmp_path):
+    """Without inventory or agent reports, presence is first to last sample: a GPU that existed for the
+    last 12 h of 48 is judged on those 12 h (its scrape gaps count against it), not against the window."""
     st = Store(tmp_path)
     full = held_trace("full", 40, hours=48, seed=1)
-    late = held_trace("late", 2, hours=12, start_h=36, seed=2)  # 25 % of the window
+    late = held_trace("late", 2, hours=12, start_h=36, seed=2, gaps=1)
     for tr in (full, late):
         st.append("gpu_sample", tr.rows())
-    res = {r["gpu"]: r for r in _run(st, T0, T0 + dt.timedelta(hours=48)).to_dicts()}
-    assert res["late"]["coverage_ratio"] < 0.3
-    assert res["late"]["underutilized"] is None and res["late"]["status"] == "insufficient_data"
-    assert res["full"]["coverage_ratio"] > 0.9 and res["full"]["underutilized"] is False
+    res = {r["gpu"]: r for r in _run(st, T0, T0 + dt.timedelta(hours=60)).to_dicts()}
+    for tr in (full, late):
+        r = res[tr.gpu]
+        span_s = (tr.t_ms[-1] - tr.t_ms[0]) / 1000
+        assert r["presence_seconds"] == pytest.approx(span_s)
+        assert r["coverage_ratio"] == pytest.approx(reference_mean(tr)[1] / span_s)
+        assert r["missing_hours"] == pytest.approx((span_s - reference_mean(tr)[1]) / 3600)
+    assert res["late"]["underutilized"] is True and res["full"]["underutilized"] is False
+    # the same GPU with half its span in scrape gaps is not judged
+    st2 = Store(tmp_path / "gappy")
+    gappy = held_trace("gappy", 2, hours=12, seed=3, gaps=0)
+    gappy.t_ms[len(gappy.t_ms) // 2:] += 14 * 3600 * 1000
+    st2.append("gpu_sample", gappy.rows())
+    r = _run(st2, T0, T0 + dt.timedelta(hours=30)).to_dicts()[0]
+    assert r["coverage_ratio"] < 0.5 and r["status"] == "insufficient_data" and r["underutilized"] is None
 
 
 def test_counters_preferred_resets_handled_and_energy(tmp_path):
@@ -81,7 +94,11 @@ def test_counters_preferred_resets_handled_and_energy(tmp_path):
     assert res["method"] == "counters"
     assert res["mean_util_percent"] == pytest.approx(10.0, abs=1e-9)
     assert res["underutilized"] is True
-    assert res["idle_ratio"] == 0.0  # every interval did some work
+    # idle = dt − busy (ARCHITECTURE.md): every interval did some work, yet 90 % of the time no kernel ran
+    assert res["idle_ratio"] == pytest.approx(0.9, abs=1e-9)
+    assert res["idle_hours"] == pytest.approx(0.9 * res["covered_hours"], rel=1e-9)
+    assert res["allocated_idle_hours"] == pytest.approx(res["idle_hours"], rel=1e-9)  # 8 GiB held throughout
+    assert res["idle_power_watts"] is None  # no interval without any kernel: no idle power measured
     assert res["coverage_ratio"] == pytest.approx(1.0, abs=1e-3)
     assert res["mean_power_watts"] == pytest.approx(100.0, rel=1e-9)
     assert res["energy_joules"] == pytest.approx(100.0 * (n - 1) * 10, rel=1e-9)

@@ -4,6 +4,9 @@ import csv
 import datetime as dt
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from accelmon.report.schedule import JOB_ID, add_report_job, report_job
 from accelmon.store.writer import Store
 from tests.analytics.estate import write_estate
 from tests.analytics.synth import held_trace, reference_mean
+from tests.analytics.test_presence import DAY, _h, agent_report, busy_neighbour, counter_rows
 
 GPU_KEYS = {"gpu", "mean_util_percent", "p95_util_percent", "idle_ratio", "coverage_ratio", "underutilized"}
 
@@ -154,3 +158,39 @@ def test_bad_cron_is_a_user_error() -> None:
 
     with pytest.raises(UserError, match="report.cron"):
         trigger("61 * * * *")
+
+
+def test_report_json_cli_carries_presence_and_coverage(tmp_path: Path) -> None:
+    """`accelmon report --json`, run as a user would: every GPU row carries its presence span and coverage,
+    the finding's evidence too, and the page shows the span."""
+    st = Store(tmp_path / "data")
+    busy_neighbour(st)
+    st.append("gpu_sample", counter_rows("pod-short", 7, 12, 0.6))
+    st.append("agent_gpu", [agent_report("GPU-mig", "4221abcd-0000-0000-0000-0000000000aa", _h(0), mig=True)])
+    st.append("gpu_sample", counter_rows("GPU-mig", 0, 24, None))
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, "-m", "accelmon.cli", "--data-dir", str(tmp_path / "data"), "report", "--json",
+                        "--from", DAY.start.isoformat(), "--to", DAY.end.isoformat(), "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, input="",
+                       env={k: v for k, v in os.environ.items() if not k.startswith("ACCELMON_")})
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["thresholds"]["min_covered_duration"] == 3600
+    for g in doc["gpus"]:
+        assert {"presence_start", "presence_end", "presence_seconds", "presence_source", "coverage_ratio",
+                "verdict_reason"} <= set(g)
+        assert g["coverage_ratio"] == pytest.approx(g["covered_hours"] * 3600 / g["presence_seconds"], rel=1e-5)
+    short = next(g for g in doc["gpus"] if g["gpu"] == "pod-short")
+    assert short["status"] == "underutilized"
+    assert short["presence_start"] == _h(7).isoformat() and short["presence_end"] == _h(12).isoformat()
+    assert short["presence_seconds"] == pytest.approx(5 * 3600)
+    rows = {r["subject"]: r for r in csv.DictReader(io.StringIO((out / "findings.csv").read_text()))}
+    ev = json.loads(rows["pod-short"]["evidence_json"])
+    assert ev["presence_start"] == short["presence_start"] and ev["coverage_ratio"] == pytest.approx(
+        short["coverage_ratio"])
+    mig = next(g for g in doc["gpus"] if g["gpu"] == "GPU-mig")
+    assert mig["status"] == "mig_unreported" and mig["mean_util_percent"] is None and mig["idle_hours"] is None
+    assert doc["summary"]["mig_unreported"] == 1 and rows["GPU-mig"]["kind"] == "mig_unreported"
+    page = (out / "report.html").read_text()
+    assert "MIG: utilization not reported by the driver" in page
+    assert "5.0 h" in page and _h(7).strftime("%Y-%m-%d %H:%M") in page

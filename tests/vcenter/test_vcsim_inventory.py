@@ -78,6 +78,8 @@ def test_hosts_numa_and_gpus(estate: Vcsim, source: VCenterSource, store: Store)
     m = estate.manifest
     hosts = {r["host_moref"]: r for r in _rows(store, "SELECT * FROM inv_host")}
     assert set(hosts) == {h["moref"] for h in m["hosts"]}
+    # HostSystem config.product as vcsim advertises it (main.go): the per-host heterogeneous-vGPU evidence
+    assert {(r["esxi_version"], r["esxi_build"]) for r in hosts.values()} == {("7.0.3", "21930508")}
     numa = _rows(store, "SELECT * FROM inv_numa_node")
     pci = {(r["host_moref"], r["pci_id"]): r for r in _rows(store, "SELECT * FROM inv_host_pci")}
     segments = set()

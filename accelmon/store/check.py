@@ -1,0 +1,174 @@
+"""Checking and repairing a store: unreadable Parquet files and leftovers of a kill.
+
+* A **bad file** is a visible ``*.parquet`` file of a partition's current generation that
+  pyarrow cannot open (no footer: truncated, zeroed) or - in a deep check - whose row groups
+  cannot be decoded. DuckDB reads every file's footer when a view is bound, so one such file
+  would stop every query of every table; it is reported once by name and **quarantined**: moved
+  to ``<data-dir>/quarantine/<its path under the data dir as readers see it>`` (e.g.
+  ``quarantine/tables/gpu_sample/date=2026-11-26/part-….parquet``), never deleted.
+* A **leftover link** is a ``tables/<table>/.tmp-link-*`` symlink of a partition swap that a
+  kill interrupted between ``symlink`` and ``rename``; it is removed.
+
+``accelmon store check`` lists both (exit 1 when there is any), ``--repair`` fixes both and
+rebuilds the catalog. The daemon quarantines a bad file the first time a view fails on it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from accelmon.store.schema import TABLES
+
+if TYPE_CHECKING:
+    from accelmon.store.writer import Store
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_DIR = "quarantine"
+_reported: set[Path] = set()
+_reported_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class BadFile:
+    table: str
+    partition: str
+    path: Path  # the file in its generation directory
+    reason: str
+
+    def shown(self, store: Store) -> Path:
+        """The path as readers see it: ``<data-dir>/tables/<table>/date=<day>/<name>``."""
+        return store.root / "tables" / self.table / f"date={self.partition}" / self.path.name
+
+
+@dataclass
+class CheckResult:
+    bad_files: list[BadFile] = field(default_factory=list)
+    leftover_links: list[Path] = field(default_factory=list)
+    files_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad_files and not self.leftover_links
+
+
+@dataclass
+class RepairResult:
+    quarantined: list[Path] = field(default_factory=list)  # where each bad file went
+    links_removed: list[Path] = field(default_factory=list)
+    catalog_written: bool = False
+
+
+def file_problem(path: Path, *, deep: bool) -> str | None:
+    """None when the Parquet file opens (and, if ``deep``, every row group decodes), else why not."""
+    try:
+        pf = pq.ParquetFile(path)
+        if deep:
+            for i in range(pf.num_row_groups):
+                pf.read_row_group(i)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        return " ".join(str(e).split())[:200] or type(e).__name__
+    return None
+
+
+def find_bad_files(store: Store, tables: list[str] | None = None, *, deep: bool = False) -> list[BadFile]:
+    out: list[BadFile] = []
+    for name in tables or list(TABLES):
+        for part in store.partitions(name):
+            for f in store.files(name, part):
+                why = file_problem(f, deep=deep)
+                if why is not None:
+                    out.append(BadFile(name, part, f, why))
+    return out
+
+
+def leftover_links(store: Store) -> list[Path]:
+    out: list[Path] = []
+    tables = store.root / "tables"
+    if not tables.is_dir():
+        return out
+    for tdir in sorted(p for p in tables.iterdir() if p.is_dir()):
+        out += sorted(tdir.glob(".tmp-link-*"))
+    return out
+
+
+def check(store: Store, *, deep: bool = True) -> CheckResult:
+    res = CheckResult(leftover_links=leftover_links(store))
+    for name in TABLES:
+        for part in store.partitions(name):
+            for f in store.files(name, part):
+                res.files_checked += 1
+                why = file_problem(f, deep=deep)
+                if why is not None:
+                    res.bad_files.append(BadFile(name, part, f, why))
+    return res
+
+
+def report_bad(store: Store, bad: list[BadFile]) -> None:
+    """Log each bad file once per process, by the name readers see."""
+    for b in bad:
+        with _reported_lock:
+            if b.path in _reported:
+                continue
+            _reported.add(b.path)
+        log.warning("%s: unreadable Parquet file (%s); left out of queries - `accelmon store check --repair` "
+                    "moves it to %s", b.shown(store), b.reason, store.root / QUARANTINE_DIR)
+
+
+def quarantine(store: Store, bad: BadFile) -> Path:
+    """Move a bad file out of its generation to ``quarantine/tables/<table>/date=<day>/<name>``.
+
+    Under the table's compaction lock, so no compaction is reading it; appends are unaffected.
+    A rename within the data dir: the bytes are kept for inspection, nothing is deleted."""
+    dest = store.root / QUARANTINE_DIR / bad.shown(store).relative_to(store.root)
+    with store._flock(bad.table, "compact", fcntl.LOCK_EX):
+        if not bad.path.exists():
+            return dest  # moved already (another process)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            dest = dest.with_name(f"{dest.stem}.{os.getpid()}{dest.suffix}")
+        os.rename(bad.path, dest)
+        _fsync_dir(bad.path.parent)
+        _fsync_dir(dest.parent)
+    log.warning("%s: unreadable Parquet file (%s) moved to %s", bad.shown(store), bad.reason, dest)
+    store.ensure_epoch_files([bad.table])
+    return dest
+
+
+def remove_leftover_links(store: Store) -> list[Path]:
+    """Remove ``.tmp-link-*`` of interrupted partition swaps, under each table's append lock taken
+    exclusively (appenders hold it shared and compaction's swap exclusively, so no swap is in flight)."""
+    removed: list[Path] = []
+    for link in leftover_links(store):
+        with store._flock(link.parent.name, "append", fcntl.LOCK_EX):
+            if link.is_symlink() or link.exists():
+                link.unlink()
+                _fsync_dir(link.parent)
+                removed.append(link)
+    return removed
+
+
+def repair(store: Store, result: CheckResult | None = None) -> RepairResult:
+    result = result if result is not None else check(store)
+    out = RepairResult(links_removed=remove_leftover_links(store))
+    for b in result.bad_files:
+        out.quarantined.append(quarantine(store, b))
+    out.catalog_written = store.ensure_catalog()
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
