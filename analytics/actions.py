@@ -46,7 +46,7 @@ VGPU_DRIVER = "the guest has the NVIDIA vGPU guest driver and a vGPU licence (a 
 
 # PowerShell treats these as single quotes too (about_Quoting_Rules): each is doubled inside '…'
 _PS_QUOTES = "'\u2018\u2019\u201a\u201b"
-_WILDCARD = "*?[]"
+_WILDCARD = "*?[]`"  # the backtick is the escape character itself
 
 
 def ps_literal(s: str) -> str:
@@ -64,7 +64,7 @@ def ps_literal(s: str) -> str:
 
 
 def ps_name(s: str) -> str:
-    """A literal for ``-Name`` (a wildcard pattern): ``* ? [ ]`` escaped with a backtick, so the
+    """A literal for ``-Name`` (a wildcard pattern): ``* ? [ ]`` and the backtick escaped with a backtick, so the
     name matches only itself (a control character, made ``?``, matches any one character)."""
     return ps_literal("".join("`" + c if c in _WILDCARD else c for c in s))
 

@@ -63,7 +63,7 @@ def _literal(s: str) -> str:
     """A PowerShell single-quoted literal's value, then a -Name pattern's backtick escapes undone."""
     for q in "'\u2018\u2019\u201a\u201b":
         s = s.replace(q + q, q)
-    return re.sub(r"`([*?\[\]])", r"\1", s)
+    return re.sub(r"`([*?\[\]`])", r"\1", s)
 
 
 def test_powercli_script_is_comments_and_vocabulary_cmdlets_with_inventory_names(store: Store, tmp_path: Path) -> None:
