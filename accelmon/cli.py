@@ -188,6 +188,28 @@ def report(
 
 
 @app.command()
+def plan(
+    fmt: Annotated[str, typer.Option("--format", "-f", help="json (the plan document) or powercli (a .ps1 "
+                                     "script to review and run by hand).")] = "json",
+    out: Annotated[Path | None, typer.Option("--out", help="Write to this file (default: stdout).")] = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", help='Window ending now: "7d", "24h", or "all" (default: thresholds.window, 7d).')] = None,
+    from_: Annotated[str | None, typer.Option("--from", help="Window start (ISO 8601).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Window end (ISO 8601).")] = None,
+) -> None:
+    """Write the consolidation plan alone: vSphere steps with preconditions and API calls. accelmon executes nothing."""
+    if fmt not in ("json", "powercli"):
+        fail(f"--format: must be json or powercli, not {fmt!r}")
+    if since is not None and (from_ or to):
+        fail("--since cannot be combined with --from/--to")
+    cfg = state.config()
+    _setup_logging(cfg)
+    fn = _delegate("accelmon.report.plan", "run_plan", "plan")
+    raise typer.Exit(fn(state.store(), cfg, fmt=fmt, out=out, since=since, from_=_parse_when(from_, "--from"),
+                        to=_parse_when(to, "--to")))
+
+
+@app.command()
 def sql(
     query: Annotated[str | None, typer.Argument(help="SQL to run; omit for an interactive session.")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="Output format: table, csv or json.")] = "table",

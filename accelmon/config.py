@@ -200,6 +200,9 @@ class ThresholdsConfig(_Model):
     window: Duration = 7 * 86400.0
     stun_limit_seconds: float = Field(10.0, gt=0)
     target_util_percent: float = Field(60.0, gt=0, le=100)
+    # consolidation savings: an emptied host without a measured power (host_power_sample) is
+    # counted as this baseline + its GPUs' measured idle power; unset = such a host's power is unknown
+    host_baseline_watts: float | None = Field(None, ge=0)
 
 
 class ReportConfig(_Model):

@@ -9,6 +9,7 @@ from typing import Any
 
 import polars as pl
 from accelmon.analytics import (
+    actions,
     consolidation,
     estate,
     identity,
@@ -64,8 +65,14 @@ def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | Non
     gpus = gpus.join(info, on="gpu", how="left")
     heat = utilization.heatmap(sa, gpus)
     table = profiles.load()
-    pg, ten, caps = estate.build(con, gpus, gmap, table)
-    the_plan = consolidation.plan(pg, ten, caps, table, target_util_percent=th["target_util_percent"])
+    pw = power.power(con, window, gpus)
+    vm_res = vmotion.vmotion_stun(con, window, th["stun_limit_seconds"])
+    baseline = getattr(thresholds, "host_baseline_watts", None)
+    pg, ten, caps = estate.build(con, gpus, gmap, table, host_power=pw["hosts"],
+                                 host_baseline_watts=None if baseline is None else float(baseline))
+    the_plan = consolidation.plan(pg, ten, caps, table, target_util_percent=th["target_util_percent"],
+                                  stun=actions.stun_history(vm_res),
+                                  window={"start": window.start.isoformat(), "end": window.end.isoformat()})
     generated = now or dt.datetime.now(dt.UTC)
     alignment = numa.numa_alignment(con)
     from accelmon.analytics import findings
@@ -79,8 +86,8 @@ def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | Non
         heat=heat,
         numa=numa.numa_misaligned(con, alignment),
         numa_unknown=numa.numa_unknown(con, alignment),
-        vmotion=vmotion.vmotion_stun(con, window, th["stun_limit_seconds"]),
-        power=power.power(con, window, gpus),
+        vmotion=vm_res,
+        power=pw,
         plan=the_plan,
         changes=findings.changes(con, gpus, generated),
         stats={"units": sa.units, "rows": sa.rows, "series": sa.series.height, "heat_cell_ms": sa.cell_ms,

@@ -16,11 +16,13 @@ Rules (docs/analytics.md, "Consolidation"):
   maximum holds; the framebuffers of a GPU's vGPUs sum to at most its memory; MIG-backed
   profiles also obey 7 compute slices;
 * the receiving GPU's summed tenant p95 utilization stays ≤ ``target_util_percent``;
-* the VM lands NUMA-local: its vCPUs fit the free logical CPUs of the target GPU's node and
-  its memory fits the target host; the move sets ``numa.nodeAffinity`` to that node.
+* the VM lands NUMA-local: its vCPUs fit the free **physical cores** of the target GPU's node
+  (one unit everywhere: cores, see :mod:`accelmon.analytics.estate`) and its memory fits the
+  target host.
 
-Savings: freed GPUs × their measured idle power (GPUs without a measurement are counted
-separately, never guessed); kWh/month = W × 730 h / 1000.
+A :class:`Move` is a packing decision (device → GPU), not something a person does: the plan's
+``steps`` (:mod:`accelmon.analytics.actions`) turn the moves into vSphere actions, and the
+savings (:mod:`accelmon.analytics.savings`) count only hosts the plan empties.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from accelmon.analytics import mig
+from accelmon.analytics import actions, mig, savings
 from accelmon.analytics.profiles import GIB, Profile, ProfileTable
 
 HOURS_PER_MONTH = 730.0
@@ -66,13 +68,20 @@ class Tenant:
     memory_bytes: int = 0
     vm_gpu_count: int = 1
     measured_gpu: str | None = None  # the GPU id the utilization came from
+    numa_affinity: str | None = None  # numa.nodeAffinity as configured now
+    power_state: str | None = None  # runtime.powerState
+    vgpu_profile_full: str | None = None  # the vSphere profile string ("grid_a100-10c")
 
 
 @dataclass(frozen=True)
 class HostCap:
     host: str
     memory_bytes: int
-    node_cpus: dict[int, int]  # logical CPUs per NUMA node
+    node_cores: dict[int, int]  # physical cores per NUMA node (estate.py: cpu_cores / numa_node_count)
+    power_watts: float | None = None  # measured mean host power over the window (host_power_sample)
+    baseline_watts: float | None = None  # configured host baseline (thresholds.host_baseline_watts)
+    other_vms: tuple[str, ...] | None = ()  # powered-on VMs there that are not GPU tenants; None = unknown
+    graphics_policy: str | None = None  # sharedPassthruAssignmentPolicy where known
 
 
 @dataclass
@@ -88,20 +97,27 @@ class Move:
     from_profile: str | None
     to_profile: str
     converted: bool
-    fix: str
+    fix: str  # the plan steps for this VM, in words
     evidence: dict[str, Any]
+    steps: list[int] = field(default_factory=list)  # Step.n of the steps that carry this move out
 
 
 @dataclass
 class Plan:
-    moves: list[Move] = field(default_factory=list)
+    moves: list[Move] = field(default_factory=list)  # packing decisions (device -> GPU), not steps
+    steps: list[Any] = field(default_factory=list)  # actions.Step: what a person does, in order
     freed_gpus: list[str] = field(default_factory=list)
-    freed_hosts: list[str] = field(default_factory=list)
-    watts_saved: float = 0.0
+    freed_hosts: list[str] = field(default_factory=list)  # hosts the plan empties (savings.py)
+    emptied_hosts: list[dict[str, Any]] = field(default_factory=list)  # per emptied host: power and how known
+    hosts_kept_on: list[dict[str, Any]] = field(default_factory=list)  # GPU work gone, other VMs remain
+    freed_capacity: dict[str, Any] = field(default_factory=savings.empty_capacity)  # freed GPUs in hosts that stay on
+    watts_saved: float = 0.0  # Σ power of emptied hosts with a known power, nothing else
     kwh_month_saved: float = 0.0
-    unmeasured_freed_gpus: int = 0
+    unmeasured_freed_gpus: int = 0  # freed GPUs in emptied hosts whose power is unknown
+    unmeasured_emptied_hosts: int = 0
     reason: str = ""
     target_util_percent: float = 60.0
+    window: dict[str, str] | None = None
     # every physical GPU with an underutilized tenant: movable or why not, and what became of it
     candidates: list[dict[str, Any]] = field(default_factory=list)
     # final placement: gpu_id -> [(tenant, profile)]
@@ -109,12 +125,18 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "window": self.window,
+            "steps": [st.to_dict() for st in self.steps],
             "moves": [m.__dict__ for m in self.moves],
             "freed_gpus": self.freed_gpus,
             "freed_hosts": self.freed_hosts,
+            "emptied_hosts": self.emptied_hosts,
+            "hosts_kept_on": self.hosts_kept_on,
+            "freed_capacity": self.freed_capacity,
             "watts_saved": round(self.watts_saved, 3),
             "kwh_month_saved": round(self.kwh_month_saved, 3),
             "unmeasured_freed_gpus": self.unmeasured_freed_gpus,
+            "unmeasured_emptied_hosts": self.unmeasured_emptied_hosts,
             "target_util_percent": self.target_util_percent,
             "reason": self.reason,
             "candidates": self.candidates,
@@ -204,7 +226,7 @@ R_EMPTY = "no tenants (moving there frees nothing)"
 R_WHOLE = "passthrough GPU (whole, never receives)"
 R_LOAD = "p95 sum over target"
 R_HOST = "host capacity unknown"
-R_CPUS = "NUMA node has too few free logical CPUs"
+R_CPUS = "NUMA node has too few free cores"
 R_MEM = "host memory"
 R_CONVERT = "no C-series profile holding fb high-water mark + 10 % fits there"
 R_PROFILE = "vGPU profile rules (mode, size, count, framebuffer)"
@@ -228,7 +250,7 @@ def _check(st: _State, t: Tenant, src: PGpu, g: str, table: ProfileTable, target
     host = st.hosts.get(gpu.host)
     if host is None:
         return None, R_HOST
-    cpus = host.node_cpus.get(gpu.numa_node)
+    cpus = host.node_cores.get(gpu.numa_node)
     if cpus is None:
         return None, R_HOST
     moving_host = gpu.host != src.host
@@ -272,6 +294,8 @@ def plan(
     table: ProfileTable,
     *,
     target_util_percent: float = 60.0,
+    stun: Any = None,
+    window: dict[str, str] | None = None,
 ) -> Plan:
     """The consolidation plan (see module doc). Never raises for an infeasible estate."""
     gmap = {g.gpu_id: g for g in sorted(gpus, key=lambda g: g.gpu_id)}
@@ -284,7 +308,7 @@ def plan(
         p = table.get(model, t.profile) if (t.kind == "vgpu" and model and t.profile) else None
         cur_profile[id(t)] = p
         st.add(t, p, t.gpu_id)
-    out = Plan(target_util_percent=target_util_percent)
+    out = Plan(target_util_percent=target_util_percent, window=window)
     if not tenants:
         out.reason = "no GPU workloads in the inventory"
         out.placement = st.ten
@@ -353,14 +377,11 @@ def plan(
             trial.add(t, q, g)
             tg = gmap[g]
             conv = t.kind == "passthrough"
-            fix = (f'vMotion {t.vm_name} to {tg.host}, '
-                   f'{"convert passthrough to vGPU " + q.name.upper() + " on" if conv else "vGPU " + q.name.upper() + " on"}'
-                   f' GPU {tg.gpu_id.split("/", 1)[-1]}, set numa.nodeAffinity = "{tg.numa_node}"')
             pending.append(Move(
                 vm=t.vm, vm_name=t.vm_name, device_key=t.device_key, from_gpu=d, to_gpu=g,
                 from_host=gmap[d].host, to_host=tg.host, to_numa_node=int(tg.numa_node or 0),
                 from_profile=None if conv else (p.name if p else t.profile), to_profile=q.name, converted=conv,
-                fix=fix,
+                fix="",
                 evidence={"p95_util_percent": t.p95_util_percent, "mean_util_percent": t.mean_util_percent,
                           "fb_hwm_bytes": t.fb_hwm_bytes, "measured_gpu": t.measured_gpu,
                           "target_gpu_p95_sum_after": round(trial.load(g), 3)},
@@ -373,13 +394,13 @@ def plan(
             received.update(m.to_gpu for m in pending)
     out.moves = moves
     out.freed_gpus = sorted(freed)
-    before_hosts = {gmap[t.gpu_id].host for t in tenants if t.gpu_id in gmap}
-    out.freed_hosts = sorted(h for h in before_hosts if all(not st.ten[g] for g in gmap if gmap[g].host == h))
-    measured = [gmap[g].idle_power_watts for g in out.freed_gpus if gmap[g].idle_power_watts is not None]
-    out.unmeasured_freed_gpus = len(out.freed_gpus) - len(measured)
-    out.watts_saved = float(sum(measured))  # type: ignore[arg-type]
-    out.kwh_month_saved = out.watts_saved * HOURS_PER_MONTH / 1000.0
     out.placement = st.ten
+    sv = savings.assess(gmap, st.hosts, tenants, st.ten, out.freed_gpus)
+    out.freed_hosts = [h["host"] for h in sv.emptied]
+    out.emptied_hosts, out.hosts_kept_on, out.freed_capacity = sv.emptied, sv.kept_on, sv.capacity
+    out.watts_saved, out.kwh_month_saved = sv.watts, sv.watts * HOURS_PER_MONTH / 1000.0
+    out.unmeasured_freed_gpus, out.unmeasured_emptied_hosts = sv.unmeasured_gpus, sv.unmeasured_hosts
+    out.steps = actions.steps_for(out, gmap, st.hosts, {t.vm: t for t in tenants}, stun=stun)
     if not moves:
         out.reason = (f"{head}, but no receiving GPU satisfies the rules (same model, profile/framebuffer, "
                       f"NUMA capacity, p95 sum ≤ {target_util_percent:g} %)")

@@ -140,7 +140,8 @@ def run_report(store: Store, cfg: Any, *, since: str | None = None, from_: dt.da
     print(f"idle        {s['idle_gpu_hours']:,.0f} GPU-hours, {s['idle_energy_kwh']:,.1f} kWh")
     print(f"NUMA        {s['numa_misaligned_vms']} misaligned VM(s); vMotion: {s['vmotion_flagged']} flagged "
           f"of {s['vmotion_migrations']}")
-    print(f"plan        {s['plan_moves']} move(s) free {s['plan_frees_gpus']} GPU(s), {s['plan_frees_hosts']} "
-          f"host(s), {s['plan_kwh_month_saved']:,.0f} kWh/month")
+    print(f"plan        {s['plan_steps']} step(s) free {s['plan_frees_gpus']} GPU(s); {s['plan_frees_hosts']} "
+          f"emptied host(s) save {s['plan_kwh_month_saved']:,.0f} kWh/month; {s['plan_freed_capacity_gpus']} GPU(s) "
+          "of capacity in hosts that stay on")
     print(f"report      {out / 'report.html'}")
     return 0

@@ -11,6 +11,7 @@ import polars as pl
 
 from accelmon.analytics.analyze import Analysis
 from accelmon.report import charts
+from accelmon.report import plan as plan_section
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#0f172a;background:#f8fafc}
@@ -95,7 +96,7 @@ def render(a: Analysis, doc: dict[str, Any]) -> str:
         card(num(s["idle_gpu_hours"], "{:,.0f}"), "GPU-hours idle"),
         card(num(s["idle_energy_kwh"], "{:,.1f}"), "kWh spent idle"),
         card(f'{s["plan_frees_gpus"]} GPUs / {s["plan_frees_hosts"]} hosts', "the plan frees"),
-        card(num(s["plan_kwh_month_saved"], "{:,.0f}"), "kWh/month saved (measured idle power)"),
+        card(num(s["plan_kwh_month_saved"], "{:,.0f}"), "kWh/month saved (hosts the plan empties)"),
         card(str(s["numa_misaligned_vms"]), "NUMA-misaligned VMs"),
     ]) + "</div>")
     # changes
@@ -145,19 +146,7 @@ def render(a: Analysis, doc: dict[str, Any]) -> str:
          esc(r["reason"]), f"<code>{esc(r['fix'])}</code>"] for r in a.numa.to_dicts()])
         if a.numa.height else '<p class="sub ok">No NUMA misalignment found.</p>')
     # plan
-    p = a.plan
-    parts.append("<h2>Consolidation plan</h2>")
-    parts.append(f'<p class="sub">{esc(p.reason)}. Target: receiving GPU p95 sum ≤ {p.target_util_percent:g} %. '
-                 f'Frees {len(p.freed_gpus)} GPU(s), {len(p.freed_hosts)} host(s); saves {p.watts_saved:.0f} W = '
-                 f'{p.kwh_month_saved:.0f} kWh/month from measured idle power'
-                 + (f" ({p.unmeasured_freed_gpus} freed GPU(s) have no power measurement and are not counted)"
-                    if p.unmeasured_freed_gpus else "") + ".</p>")
-    if p.moves:
-        parts.append(table(["VM", "from", "to", "profile", "p95 %", "action"], [
-            [esc(m.vm_name), esc(m.from_gpu), esc(m.to_gpu),
-             esc(("passthrough → " if m.converted else "") + m.to_profile.upper()),
-             num(m.evidence.get("p95_util_percent"), "{:.0f}"), f"<code>{esc(m.fix)}</code>"] for m in p.moves],
-            numeric={4}))
+    parts.append(plan_section.html_section(a.plan))
     # vMotion
     vm = a.vmotion
     parts.append("<h2>vMotion stun</h2>")

@@ -77,6 +77,9 @@ def summary(a: Analysis) -> dict[str, Any]:
         "plan_frees_hosts": len(a.plan.freed_hosts),
         "plan_watts_saved": a.plan.watts_saved,
         "plan_kwh_month_saved": a.plan.kwh_month_saved,
+        "plan_steps": len(a.plan.steps),
+        "plan_unmeasured_emptied_hosts": a.plan.unmeasured_emptied_hosts,
+        "plan_freed_capacity_gpus": a.plan.freed_capacity.get("gpus", 0),
     })
 
 

@@ -28,7 +28,7 @@ def _t(vm: str, gpu: PGpu, prof: str | None, p95: float, under: bool | None = Tr
 
 
 def test_a_multi_gpu_vm_counts_its_vcpus_once_on_its_node() -> None:
-    """A 2-GPU training VM with 32 vCPUs on node 0 leaves 32 of 64 logical CPUs: a light 16-vCPU VM
+    """A 2-GPU training VM with 32 vCPUs on node 0 leaves 32 of 64 cores: a light 16-vCPU VM
     fits next to it (it used to be counted twice, 64, and the node looked full)."""
     a, b, recv, donor = _gpu(1, 0), _gpu(2, 0), _gpu(3, 0), _gpu(4, 1, power=55.0)
     ts = [
@@ -39,13 +39,14 @@ def test_a_multi_gpu_vm_counts_its_vcpus_once_on_its_node() -> None:
     ]
     p = plan([a, b, recv, donor], ts, [HostCap("h1", 1 << 40, {0: 64, 1: 64})], TABLE)
     assert [(m.vm, m.to_gpu, m.to_numa_node) for m in p.moves] == [("light-2", recv.gpu_id, 0)]
-    assert p.freed_gpus == [donor.gpu_id] and p.watts_saved == 55.0
+    assert p.freed_gpus == [donor.gpu_id] and p.freed_capacity["gpus"] == 1
+    assert p.watts_saved == 0.0  # h1 stays on (the training VM): the freed GPU is capacity, not watts
     # a node that really is too full still refuses it (32 + 8 + 16 > 48); the other way round fits
     p = plan([a, b, recv, donor], ts, [HostCap("h1", 1 << 40, {0: 48, 1: 64})], TABLE)
     assert [(m.vm, m.to_gpu, m.to_numa_node) for m in p.moves] == [("light-1", donor.gpu_id, 1)]
     c = next(c for c in p.candidates if c["gpu"] == donor.gpu_id)
     assert c["blocked_by"] == "light-2"
-    assert c["receivers_rejected"] == {"NUMA node has too few free logical CPUs": 1,
+    assert c["receivers_rejected"] == {"NUMA node has too few free cores": 1,
                                        "passthrough GPU (whole, never receives)": 2}
 
 
@@ -109,7 +110,12 @@ def test_idle_power_is_measured_idle_power_only(tmp_path: Path) -> None:
     assert power["esx-b1.lab/0001:3b:00.0"] is None  # busy-train: never idle
     assert power["esx-a1.lab/0000:3b:00.0"] == 41.5  # train-idle-1
     assert {g.vgpu_mode for g in pgpus} == {"sameSize"}
-    assert {c.host: c.node_cpus for c in caps}["esx-a1.lab"] == {0: 64, 1: 64}
+    # capacity in physical cores: 64 cores / 2 nodes (inv_numa_node lists 64 logical CPUs per node,
+    # which used to be taken as the node's capacity, doubling it on a hyperthreaded host)
+    cap = {c.host: c for c in caps}["esx-a1.lab"]
+    assert cap.node_cores == {0: 32, 1: 32}
+    # host power: none stored here; no other powered-on GPU VM on a host outside the plan
+    assert cap.power_watts is None and cap.other_vms == ()
     # the identity join gives the same mapping the analysis uses
     assert identity.gpu_vm_map(con).height == 0  # no agents written here: nothing joined
 
