@@ -381,8 +381,9 @@ def _report_summary(findings_json: Path) -> str:
         return (f"{s['gpus']} GPUs, {s['underutilized']} underutilized, {s['idle_gpu_hours']:.0f} idle GPU-hours, "
                 f"{s['numa_misaligned_vms']} NUMA-misaligned VM(s), {s['vmotion_migrations']} vMotions "
                 f"({s['vmotion_flagged']} flagged); the plan frees {s['plan_frees_gpus']} GPU(s) with "
-                f"{s['plan_moves']} move(s), saving {s['plan_watts_saved']:.0f} W measured "
-                f"({s['plan_kwh_month_saved']:.0f} kWh/month)")
+                f"{s['plan_steps']} step(s), emptying {s['plan_frees_hosts']} host(s) that save "
+                f"{s['plan_watts_saved']:.0f} W ({s['plan_kwh_month_saved']:.0f} kWh/month); "
+                f"{s['plan_freed_capacity_gpus']} freed GPU(s) in hosts that stay on are capacity, not watts")
     except (OSError, ValueError, KeyError, TypeError):
         return ""
 

@@ -84,9 +84,9 @@ class GpuCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         s = self._snap()
         fam = {
-            "busy": C("accelmon_gpu_busy_seconds", "Time the driver saw the GPU busy (>0 % utilization).",
+            "busy": C("accelmon_gpu_busy_seconds", "Busy time: Σ dt·utilization/100 over the driver's sample periods (NVML utilization.gpu).",
                       labels=GPU_LABELS),
-            "idle": C("accelmon_gpu_idle_seconds", "Time the driver saw the GPU idle (0 % utilization).",
+            "idle": C("accelmon_gpu_idle_seconds", "Idle time: Σ dt − busy over the driver's sample periods.",
                       labels=GPU_LABELS),
             "util": G("accelmon_gpu_utilization_ratio", "GPU utilization over the driver's last sample period (0-1).",
                       labels=GPU_LABELS),
@@ -274,7 +274,7 @@ def _plan_families(p: PlanSummary | None) -> Iterator[Metric]:
                 value=p.freed_hosts)
     if p.watts_saved is not None:
         yield G("accelmon_consolidation_saved_power_watts",
-                "Measured idle power of the GPUs the latest consolidation plan frees.", value=p.watts_saved)
+                "Power of the hosts the latest consolidation plan empties (measured host power, else baseline + GPU idle power); GPUs freed in hosts that stay on count as capacity, not watts.", value=p.watts_saved)
     if p.unmeasured_freed_gpus is not None:
         yield G("accelmon_consolidation_unmeasured_freed_gpus",
                 "Freed GPUs without a measured idle power (not in the saved power).", value=p.unmeasured_freed_gpus)

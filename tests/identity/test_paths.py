@@ -20,7 +20,6 @@ from accelmon.store.writer import Store, to_arrow
 
 GIB = 1 << 30
 VC = "vc-uuid-1"
-NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def _bios(i: int) -> str:
@@ -63,6 +62,8 @@ EXPECTED = {
 
 
 def _rows() -> dict[str, list[dict[str, Any]]]:
+    # now, not at import: the exporter drops samples older than its staleness horizon (60 s)
+    NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)  # noqa: N806
     snap = {"snapshot_ts": NOW, "vcenter_uuid": VC}
     vms, devs, agents, samples = [], [], [], []
     for i, (vm, ds, gs) in enumerate(ESTATE):
