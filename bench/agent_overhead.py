@@ -15,17 +15,15 @@ instead.  Last line: ``cpu_ms_per_gpu_poll=<X> scrape_ms=<S> rss_mb=<M>``
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pynvml
 import requests
+from _agentproc import running_agent
 from accelmon.collector.agent.agent import Agent
 from accelmon.collector.agent.identity import VmIdentity
 
@@ -115,21 +113,7 @@ def baseline_cpu_ms_per_gpu() -> tuple[float, int]:
 
 def served_agent() -> tuple[float, float, float]:
     """(median scrape ms, p90 scrape ms, peak RSS MB) of `accelmon agent --simulate dgx-a100`."""
-    code = "from accelmon.cli import main; main()"
-    env = {**os.environ, "ACCELMON_DATA_DIR": "/tmp/accelmon-bench-agent"}
-    p = subprocess.Popen([sys.executable, "-c", code, "agent", "--simulate", "dgx-a100", "--listen", "127.0.0.1:0"],
-                         stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
-    try:
-        url = None
-        deadline = time.time() + 60
-        while url is None and time.time() < deadline:
-            line = p.stderr.readline()
-            if not line:
-                break
-            m = re.search(r"listening on (http://\S+/metrics)", line)
-            url = m.group(1) if m else None
-        if url is None:
-            raise SystemExit("agent did not start")
+    with running_agent("dgx-a100", "/tmp/accelmon-bench-agent") as (p, url):
         s = requests.Session()
         time.sleep(2.5)  # a few polls
         for _ in range(5):
@@ -147,12 +131,6 @@ def served_agent() -> tuple[float, float, float]:
         print(f"# /metrics body: {size} bytes, {r.text.count(chr(10))} lines", file=sys.stderr)
         times.sort()
         return statistics.median(times), times[int(len(times) * 0.9)], hwm
-    finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def main() -> None:

@@ -16,16 +16,12 @@ Last line: ``max_abs_error_pp=<E> gpus=<N>`` (target E <= 1).
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import requests
+from _agentproc import running_agent
 from prometheus_client.parser import text_string_to_metric_families
 
 from accelmon.sim.spec import parse_spec
@@ -63,32 +59,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = Path(tmp) / "util.json"
         spec_path.write_text(json.dumps(SPEC))
-        env = {**os.environ, "ACCELMON_DATA_DIR": str(Path(tmp) / "data")}
-        code = "from accelmon.cli import main; main()"
-        p = subprocess.Popen([sys.executable, "-c", code, "agent", "--simulate", str(spec_path),
-                              "--listen", "127.0.0.1:0"], stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
-        try:
-            url = None
-            deadline = time.time() + 60
-            while url is None and time.time() < deadline:
-                line = p.stderr.readline()
-                if not line:
-                    break
-                m = re.search(r"listening on (http://\S+/metrics)", line)
-                url = m.group(1) if m else None
-            if url is None:
-                raise SystemExit("agent did not start")
+        with running_agent(str(spec_path), Path(tmp) / "data") as (_p, url):
             s = requests.Session()
             time.sleep(3.0)  # a few polls
             t0, a = scrape(s, url)
             time.sleep(WINDOW_S)
             t1, b = scrape(s, url)
-        finally:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
     gpus = parse_spec(SPEC).gpus
     worst = 0.0
     for i, gs in enumerate(gpus):

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from accelmon.store.fsutil import fsync_dir
 from accelmon.store.schema import TABLES
 
 if TYPE_CHECKING:
@@ -137,8 +138,8 @@ def quarantine(store: Store, bad: BadFile) -> Path:
         if dest.exists():
             dest = dest.with_name(f"{dest.stem}.{os.getpid()}{dest.suffix}")
         os.rename(bad.path, dest)
-        _fsync_dir(bad.path.parent)
-        _fsync_dir(dest.parent)
+        fsync_dir(bad.path.parent)
+        fsync_dir(dest.parent)
     log.warning("%s: unreadable Parquet file (%s) moved to %s", bad.shown(store), bad.reason, dest)
     store.ensure_epoch_files([bad.table])
     return dest
@@ -152,7 +153,7 @@ def remove_leftover_links(store: Store) -> list[Path]:
         with store._flock(link.parent.name, "append", fcntl.LOCK_EX):
             if link.is_symlink() or link.exists():
                 link.unlink()
-                _fsync_dir(link.parent)
+                fsync_dir(link.parent)
                 removed.append(link)
     return removed
 
@@ -165,10 +166,3 @@ def repair(store: Store, result: CheckResult | None = None) -> RepairResult:
     out.catalog_written = store.ensure_catalog()
     return out
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

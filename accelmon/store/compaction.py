@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from accelmon.store.fsutil import fsync_dir
 from accelmon.store.schema import TABLES, Table, table
 from accelmon.store.sortkeys import sort_indices
-from accelmon.store.writer import _GEN_RE, EPOCH_PARTITION, StoreError, _fsync_dir, to_arrow, write_parquet
+from accelmon.store.writer import _GEN_RE, EPOCH_PARTITION, StoreError, to_arrow, write_parquet
 
 if TYPE_CHECKING:
     from accelmon.store.writer import Store
@@ -152,7 +153,7 @@ def _compact_partition(store: Store, t: Table, day: str, min_files: int) -> Comp
             for p in sorted(old.glob("*.parquet")):
                 if p.name not in done:  # arrived during compaction
                     os.link(p, new / p.name)
-            _fsync_dir(new)
+            fsync_dir(new)
             store._swap_link(link, new)
         (old / ".retired").write_text(str(time.time()))
         return CompactionResult(t.name, day, len(inputs), data.num_rows, out.stat().st_size)

@@ -37,8 +37,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from accelmon.store.fsutil import fsync_dir
 from accelmon.store.schema import table
-from accelmon.store.writer import Store, _fsync_dir
+from accelmon.store.writer import Store
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def fsync_file(path: Path) -> None:
@@ -177,7 +178,7 @@ def _publish_one(store: Store, sdir: Path, f: StagedFile) -> Path:
         assert gen is not None
         dest = gen / f.name
         os.rename(sdir / f.staged, dest)
-        _fsync_dir(gen)
+        fsync_dir(gen)
     return dest
 
 
@@ -205,9 +206,9 @@ def publish(stg: Staging, ledger: str, key: str, entry: dict[str, Any], *, force
         if not force and key in read_ledger(store, ledger):
             return False
         journal = {"ledger": ledger, "key": key, "entry": entry, "files": [asdict(f) for f in stg.files]}
-        _fsync_dir(stg.dir)
+        fsync_dir(stg.dir)
         for d in {(stg.dir / f.staged).parent for f in stg.files}:
-            _fsync_dir(d)
+            fsync_dir(d)
         _write_json_atomic(stg.dir / JOURNAL, journal)  # commit point for recover()
         fault_point("journal")
         tables = sorted({f.table for f in stg.files})
@@ -234,7 +235,7 @@ def _roll_back(store: Store, sdir: Path, done: list[tuple[StagedFile, Path, bool
     for f, dest, existed in reversed(done):
         try:
             os.rename(dest, sdir / f.staged)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
             if not existed:
                 _remove_if_empty(store, f.table, f.day)
         except OSError as e:  # pragma: no cover - nothing sensible left to do but say so
@@ -242,7 +243,7 @@ def _roll_back(store: Store, sdir: Path, done: list[tuple[StagedFile, Path, bool
             return  # keep the journal: recover() completes the import instead
     with contextlib.suppress(OSError):
         (sdir / JOURNAL).unlink()
-        _fsync_dir(sdir)
+        fsync_dir(sdir)
 
 
 def _remove_if_empty(store: Store, tname: str, day: str) -> None:
@@ -254,7 +255,7 @@ def _remove_if_empty(store: Store, tname: str, day: str) -> None:
         if any(gen.iterdir()):
             return
         link.unlink()
-        _fsync_dir(link.parent)
+        fsync_dir(link.parent)
         shutil.rmtree(gen, ignore_errors=True)
         with contextlib.suppress(OSError):
             gen.parent.rmdir()

@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from accelmon.store.fsutil import fsync_dir
 from accelmon.store.schema import TABLES, Table, table
 
 if TYPE_CHECKING:
@@ -55,13 +56,6 @@ _counter = itertools.count()
 class StoreError(Exception):
     """A problem with the data dir that the user must fix (one line, names the path)."""
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def to_arrow(t: Table, rows: Any) -> pa.Table:
@@ -240,7 +234,7 @@ class Store:
         tmp = link.parent / f".tmp-link-{uuid.uuid4().hex}"
         os.symlink(rel, tmp)
         os.replace(tmp, link)
-        _fsync_dir(link.parent)
+        fsync_dir(link.parent)
 
     # ------------------------------------------------------------------ append
     def append(self, name: str, rows: Any) -> int:
@@ -276,7 +270,7 @@ class Store:
                 tmp.unlink(missing_ok=True)  # e.g. disk full: leave nothing behind
                 raise
             os.rename(tmp, final)
-            _fsync_dir(gen)
+            fsync_dir(gen)
         return final
 
     # ------------------------------------------------------------------ compaction
@@ -348,7 +342,7 @@ class Store:
                 link = self.root / "tables" / name / f"date={p}"
                 target = link.resolve()
                 link.unlink()
-                _fsync_dir(link.parent)
+                fsync_dir(link.parent)
                 (target / ".retired").write_text(str(time.time()))
                 dropped.append(p)
         return dropped
