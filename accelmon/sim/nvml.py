@@ -44,6 +44,7 @@ import pynvml
 from pynvml import NVMLError
 
 from accelmon.sim.clock import AcceleratedClock, Clock
+from accelmon.sim.gpm import SimGpm
 from accelmon.sim.ring import driver_now_us, last_period_util, ring_samples
 from accelmon.sim.spec import GpuSpec, SimSpec, guest_gpu_bus, load_spec, mig_profile_mib
 from accelmon.sim.traces import Trace, make_trace, noise
@@ -325,6 +326,7 @@ class SimNVML:
         self.calls: Counter[str] = Counter()
         self.calls_by_gpu: Counter[tuple[str, int]] = Counter()
         self.gpus = [SimGpu(self, i, g) for i, g in enumerate(spec.gpus)]
+        self.gpm = SimGpm(self)  # GPU Performance Monitoring (accelmon/sim/gpm.py)
 
     # ------------------------------------------------------------------ plumbing
     def __getattr__(self, name: str) -> Any:
@@ -890,6 +892,31 @@ class SimNVML:
             s.smUtil, s.memUtil, s.encUtil, s.decUtil = int(round(u)), int(round(u * 0.55)), 0, 0
             out.append(s)
         return out
+
+    # ------------------------------------------------------------------ GPM (accelmon/sim/gpm.py)
+    @_api
+    def nvmlGpmQueryDeviceSupport(self, device: SimHandle) -> Any:
+        return self.gpm.query_support(self._handle(device))
+
+    @_api
+    def nvmlGpmSampleAlloc(self) -> Any:
+        return self.gpm.alloc()
+
+    @_api
+    def nvmlGpmSampleFree(self, gpmSample: Any) -> None:
+        return self.gpm.free(gpmSample)
+
+    @_api
+    def nvmlGpmSampleGet(self, device: SimHandle, gpmSample: Any) -> Any:
+        return self.gpm.sample_get(self._handle(device), None, gpmSample)
+
+    @_api
+    def nvmlGpmMigSampleGet(self, device: SimHandle, gpuInstanceId: int, gpmSample: Any) -> Any:
+        return self.gpm.sample_get(self._handle(device), int(gpuInstanceId), gpmSample)
+
+    @_api
+    def nvmlGpmMetricsGet(self, metricsGet: Any) -> Any:
+        return self.gpm.metrics_get(metricsGet)
 
     # ------------------------------------------------------------------ events (Xid)
     @_api

@@ -9,19 +9,20 @@ A spec (TOML or JSON) lists GPUs::
     sample_clock_offset_s = 0.0 # driver sample timestamps = host clock + this (e.g. -1.7e9: a clock since boot)
 
     [[gpu]]
-    model = "A100-SXM4-40GB"    # A100-SXM4-40GB | H100 | L4 | T4
+    model = "A100-SXM4-40GB"    # A100-SXM4-40GB | H100 | H200 | L4 | T4
     mode = "passthrough"        # none | passthrough | vgpu
     count = 2                   # this many identical GPUs
-    trace = "busy_training"     # busy_training | bursty_inference | idle_allocated |
+    trace = "busy_training"     # busy_training | bursty_inference | idle_allocated | trickle | matmul |
                                 # "constant:40" | "csv:trace.csv#gpu-7" | {generator=..., seed=...}
     nvlink = 12                 # NVLink links (default: the model's)
-    mig = ["3g.20gb", "3g.20gb"]  # MIG instances (A100/H100); omit for no MIG
+    mig = ["3g.20gb", "3g.20gb"]  # MIG instances (A100/H100/H200); omit for no MIG
     numa_node = 0
     vgpu_profile = "A100-4C"    # mode = "vgpu": the profile the guest sees
     unsupported = ["nvmlDeviceGetSamples", "NVML_FI_DEV_PCIE_COUNT_TX_BYTES"]
     vgpu_reports_zero = false   # vGPU guest: read N/A fields as 0 instead of NOT_SUPPORTED
     vgpu_pcie_fields = false    # vGPU guest whose PCIe byte-counter fields work
     ring_runs_dry = false       # no utilization samples while idle: nvmlDeviceGetSamples raises NOT_FOUND
+    gpm = true                  # GPM (nvmlGpm*) supported; default: the model's (H100/H200 yes), never in a vGPU guest
 
 Presets (``--simulate <name>``): see :data:`PRESETS`.
 """
@@ -69,13 +70,15 @@ class Model:
     cc: tuple[int, int]
     pcie_bytes_per_s: float  # PCIe traffic at 100 % utilization (model assumption)
     nvlink_kib_per_s: float  # per link at 100 % utilization
+    gpm: bool = False  # GPU Performance Monitoring (nvmlGpm*): Hopper and newer
 
 
 MODELS: dict[str, Model] = {
     m.key: m
     for m in (
         Model("A100-SXM4-40GB", "NVIDIA A100-SXM4-40GB", 40960, 0x20B010DE, 55, 400, 12, True, (8, 0), 6e9, 2.0e7),
-        Model("H100", "NVIDIA H100 80GB HBM3", 81559, 0x233010DE, 70, 700, 18, True, (9, 0), 12e9, 2.4e7),
+        Model("H100", "NVIDIA H100 80GB HBM3", 81559, 0x233010DE, 70, 700, 18, True, (9, 0), 12e9, 2.4e7, gpm=True),
+        Model("H200", "NVIDIA H200", 143771, 0x233510DE, 75, 700, 18, True, (9, 0), 12e9, 2.4e7, gpm=True),
         Model("L4", "NVIDIA L4", 23034, 0x27B810DE, 16, 72, 0, False, (8, 9), 4e9, 0),
         Model("T4", "Tesla T4", 15360, 0x1EB810DE, 10, 70, 0, False, (7, 5), 3e9, 0),
     )
@@ -98,6 +101,14 @@ class GpuSpec:
     vgpu_pcie_fields: bool = False  # vGPU guest whose PCIe byte-counter fields work
     ring_runs_dry: bool = False  # the driver takes no utilization sample while the GPU is idle (NOT_FOUND)
     seed: int = 0
+    gpm: bool | None = None  # GPM supported (None: the model's default)
+
+    @property
+    def gpm_supported(self) -> bool:
+        """nvmlGpmQueryDeviceSupport's answer: never in a vGPU guest (time-sliced or MIG-backed)."""
+        if self.mode == "vgpu":
+            return False
+        return self.model.gpm if self.gpm is None else self.gpm
 
     @property
     def nvlinks(self) -> int:
@@ -138,6 +149,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # an 8-GPU passthrough VM (the agent_overhead bench)
     "dgx-a100": {"gpu": [{"model": "A100-SXM4-40GB", "count": 8, "trace": "busy_training"}]},
     "h100x8": {"gpu": [{"model": "H100", "count": 8, "trace": "bursty_inference"}]},
+    # effective utilization: a hollow (time-busy, SM-idle) H100 beside a dense one
+    "hollow": {"gpu": [{"model": "H100", "trace": "trickle"}, {"model": "H100", "trace": "matmul"}]},
     # a vGPU guest: power, energy, PCIe and NVLink are not available inside it
     "vgpu-guest": {"gpu": [{"model": "A100-SXM4-40GB", "mode": "vgpu", "vgpu_profile": "A100-4C"}]},
     # an A100 split into two MIG instances
@@ -146,7 +159,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 _GPU_KEYS = {
     "model", "mode", "count", "trace", "nvlink", "mig", "numa_node", "vgpu_profile", "unsupported",
-    "vgpu_reports_zero", "vgpu_pcie_fields", "ring_runs_dry", "seed",
+    "vgpu_reports_zero", "vgpu_pcie_fields", "ring_runs_dry", "seed", "gpm",
 }
 _TOP_KEYS = {
     "gpu", "speed", "driver_version", "nvml_version", "cuda_driver_version", "ring_size", "sample_period_s", "seed",
@@ -223,6 +236,7 @@ def parse_spec(raw: dict[str, Any], source: str = "<spec>", base_dir: Path | Non
                     vgpu_pcie_fields=bool(g.get("vgpu_pcie_fields", False)),
                     ring_runs_dry=_bool(g, "ring_runs_dry", source, f"{where}.ring_runs_dry"),
                     seed=int(g["seed"]) + n if "seed" in g else seed * 1000 + len(gpus),
+                    gpm=_bool(g, "gpm", source, f"{where}.gpm") if "gpm" in g else None,
                 )
             )
     for i, gs in enumerate(gpus):  # default: the first half of the GPUs on node 0, the rest on node 1

@@ -13,7 +13,14 @@ Generators:
 * ``bursty_inference`` – request bursts: idle gaps between 20–85 % bursts, busier by day.
 * ``idle_allocated`` – 0 % while a process holds ~70 % of the framebuffer (the waste the
   report looks for).
+* ``trickle`` – busy ~95 % of the time, but the kernel keeps only ~4 % of the SMs active (a
+  one-block / launch-bound loop): NVML utilization high, GPM SM activity low (a "hollow" GPU).
+* ``matmul`` – dense GEMMs: busy ~97 %, SM activity ~90 %, tensor pipes ~78 %.
 * ``constant:<pct>`` – a fixed utilization (tests).
+
+A trace may also answer ``activity(t)``: (SM active, SM occupancy, tensor active, DRAM active),
+percent 0–100, for the same 1/6 s slot as ``util(t)``; the simulated GPM
+(:mod:`accelmon.sim.gpm`) reads it, and derives it from ``util`` for traces that do not.
 * CSV in the ``accelmon import-trace`` format: header ``timestamp,gpu,util_percent`` and
   optional ``memory_used_bytes``; ``timestamp`` Unix seconds or ISO 8601.  Replayed as a
   step function, looped, starting at the simulation's start time.
@@ -125,6 +132,56 @@ class IdleAllocated:
 
     def util(self, t: float) -> float:
         return 0.0
+
+    def mem_fraction(self, t: float) -> float:
+        return self.memory
+
+    def mem_bytes(self, t: float) -> int | None:
+        return None
+
+
+@dataclass
+class Trickle:
+    """Time-busy but hollow: a kernel is resident ~95 % of the time on ~4 % of the SMs.
+
+    The simulator's assumption for a one-block spin / launch-bound loop: NVML utilization
+    (share of time a kernel ran) reads ~95 % while GPM SM activity reads ~4 %."""
+
+    seed: int = 0
+    busy: float = 95.0
+    sm_active: float = 4.0
+    memory: float = 0.3
+    name: str = "trickle"
+
+    def util(self, t: float) -> float:
+        return max(0.0, min(100.0, round(self.busy + (noise(self.seed, math.floor(t * 6)) - 0.5) * 4)))
+
+    def activity(self, t: float) -> tuple[float, float, float, float]:
+        sm = max(0.0, self.sm_active + (noise(self.seed + 3, math.floor(t * 6)) - 0.5) * 2)
+        return sm, sm * 0.5, 0.0, sm * 0.3
+
+    def mem_fraction(self, t: float) -> float:
+        return self.memory
+
+    def mem_bytes(self, t: float) -> int | None:
+        return None
+
+
+@dataclass
+class Matmul:
+    """Dense matrix multiplies: busy ~97 %, SMs ~90 % active, tensor pipes ~78 %, DRAM ~55 %."""
+
+    seed: int = 0
+    level: float = 97.0
+    memory: float = 0.8
+    name: str = "matmul"
+
+    def util(self, t: float) -> float:
+        return max(0.0, min(100.0, round(self.level + (noise(self.seed, math.floor(t * 6)) - 0.5) * 4)))
+
+    def activity(self, t: float) -> tuple[float, float, float, float]:
+        u = self.util(t)
+        return 0.93 * u, 0.45 * u, 0.80 * u, 0.55 * u
 
     def mem_fraction(self, t: float) -> float:
         return self.memory
@@ -252,7 +309,10 @@ def load_csv_traces(path: str | Path) -> dict[str, CsvTrace]:
     return out
 
 
-GENERATORS = {"busy_training": BusyTraining, "bursty_inference": BurstyInference, "idle_allocated": IdleAllocated}
+GENERATORS = {
+    "busy_training": BusyTraining, "bursty_inference": BurstyInference, "idle_allocated": IdleAllocated,
+    "trickle": Trickle, "matmul": Matmul,
+}
 
 
 def make_trace(spec: Any, seed: int = 0, *, base_dir: Path | None = None, anchor: float | None = None) -> Trace:
