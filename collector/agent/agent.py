@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from accelmon.collector.agent import nvmlerr
+from accelmon.collector.agent import gpm, nvmlerr
 from accelmon.collector.agent.gpu import Carry, GpuDown, GpuIdentity, GpuPoller, GpuSnapshot, read_identity
 from accelmon.collector.agent.identity import VmIdentity, read_vm_identity
 from pynvml import NVMLError
@@ -174,7 +174,12 @@ class Agent:
             children = []
             if ident.mig_mode:
                 children = self._mig_children(slot, h, ident)
+            gpm_ok, why = gpm.query_support(nv, h)
             for p in (poller, *children):
+                if gpm_ok:
+                    p.use_gpm(h, p.id.gi_id, now)  # a MIG instance: through the parent handle
+                else:
+                    gpm.log_unsupported(p._tag, why, p.carry.activity)
                 ring = p.carry.ring
                 if ring.last_ts == 0 and not self.count_history:
                     p.prime(now)  # count from now on, after the ring's newest sample (driver clock)
@@ -226,6 +231,9 @@ class Agent:
             log.error("GPU %d (%s) is down: %s%s; other GPUs keep serving; retrying with backoff",
                       slot.index, slot.uuid or "?", why, hint)
         slot.down_code = code
+        for p in (slot.poller, *slot.children):
+            if p is not None:
+                p.close()  # free GPM sample buffers (best effort)
         slot.poller = None
         slot.children = []
         slot.backoff = min(MAX_BACKOFF_S, max(1.0, slot.backoff * 2))

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accelmon.collector.agent import nvmlerr
+from accelmon.collector.agent.gpm import ActivityCarry, GpmReader
 from accelmon.collector.agent.identity import pci_numa_node
 from accelmon.collector.agent.integrate import GaugeIntegrator, RingIntegrator
 from pynvml import NVMLError
 
 log = logging.getLogger("accelmon.agent")
 
-SUBS = ("utilization", "memory", "pcie", "nvlink", "power", "energy", "processes")
+SUBS = ("utilization", "memory", "pcie", "nvlink", "power", "energy", "processes", "activity")
 VIRT_MODES = {0: "none", 1: "passthrough", 2: "vgpu", 3: "host_vgpu", 4: "host_vsga"}
 VGPU_ABSENT = ("nvlink", "power", "energy")  # a vGPU guest reads these as N/A or 0: never exported
 WHOLE_GPU = ("pcie", "nvlink", "power", "energy")  # not per MIG instance
@@ -101,6 +102,7 @@ class Carry:
     pcie_est_t: float = 0.0
     proc_last_ts: int = 0
     util_gauge: float | None = None
+    activity: ActivityCarry = field(default_factory=ActivityCarry)  # GPM totals (collector/agent/gpm.py)
 
 
 @dataclass
@@ -122,6 +124,7 @@ class GpuSnapshot:
     subs: dict[str, tuple[str, float]] = field(default_factory=dict)  # name -> (status, duration_s)
     util_source: str = ""
     pcie_source: str = ""
+    activity_source: str = ""  # gpm | none ("" while down)
 
 
 _sget = ctypes.Structure.__getattribute__  # skips pynvml's slow Python-level __getattribute__ (same values)
@@ -247,6 +250,8 @@ class GpuPoller:
                 self._set_unsupported(s, "not available inside a vGPU guest", quiet=True)
             log.info("%s: vGPU guest: power, energy and NVLink are not readable in a guest, not exported; "
                      "PCIe byte counters only if they read non-zero", self._tag)
+        self.gpm: GpmReader | None = None  # set by use_gpm where GPM is supported
+        self._set_unsupported("activity", "GPM not supported", quiet=True)
         if identity.gi_id is not None:
             for s in WHOLE_GPU:
                 self._set_unsupported(s, "whole-GPU quantity (see the parent GPU)", quiet=True)
@@ -553,6 +558,21 @@ class GpuPoller:
         self._procs = tuple(rows)
         return {}
 
+    def use_gpm(self, device: Any, gi_id: int | None, now: float) -> None:
+        """GPM is supported: read activity through ``device`` (the parent GPU's handle for a MIG
+        instance ``gi_id``) from now on; the first sample is taken now."""
+        self.gpm = GpmReader(device, gi_id, self.carry.activity, self._tag)
+        self.subs["activity"].status = "unknown"
+        self._run("activity", now, self._activity, {})
+
+    def _activity(self, now: float) -> dict[str, float]:
+        assert self.gpm is not None
+        return self.gpm.read(self._nv, now)
+
+    def close(self) -> None:
+        if self.gpm is not None:
+            self.gpm.close(self.nv)
+
     # ------------------------------------------------------------------ one poll
     def poll(self, now: float) -> GpuSnapshot:
         """Read everything supported once. Raises GpuDown if the GPU or driver is gone."""
@@ -566,6 +586,7 @@ class GpuPoller:
         self._run("power", now, self._power, out)
         self._run("energy", now, self._energy, out)
         self._run("processes", now, self._processes, out)
+        self._run("activity", now, self._activity, out)
         if self.subs["processes"].status != "ok":
             self._procs = ()
         return GpuSnapshot(
@@ -579,4 +600,5 @@ class GpuPoller:
             if self.subs["utilization"].status != "unsupported" else "",
             pcie_source=("field_counters" if self.pcie_mode == "fields" else "throughput_estimate")
             if self.subs["pcie"].status != "unsupported" else "",
+            activity_source="none" if self.subs["activity"].status == "unsupported" else "gpm",
         )

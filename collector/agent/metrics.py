@@ -49,6 +49,16 @@ GPU_VALUES: tuple[tuple[str, str, str, str], ...] = (
      "Energy since the driver loaded (nvmlDeviceGetTotalEnergyConsumption); restarts at 0 on a driver reload."),
     ("energy_resets", "accelmon_gpu_energy_resets", "counter",
      "Times the driver's energy counter went backwards (driver reloads) since the agent started."),
+    ("sm_active_seconds", "accelmon_gpu_sm_active_seconds", "counter",
+     "SM-active time: sum of dt*f over NVML GPM SM_UTIL readings (f = fraction of SMs busy between two samples); "
+     "rate(sm_active)/(rate(busy)+rate(idle)) = effective utilization. Absent where GPM is not supported."),
+    ("tensor_active_seconds", "accelmon_gpu_tensor_active_seconds", "counter",
+     "Tensor-active time: sum of dt*f over NVML GPM ANY_TENSOR_UTIL readings. Absent where GPM is not supported."),
+    ("dram_active_seconds", "accelmon_gpu_dram_active_seconds", "counter",
+     "DRAM-active time: sum of dt*f over NVML GPM DRAM_BW_UTIL readings (bandwidth used / peak). "
+     "Absent where GPM is not supported."),
+    ("sm_occupancy", "accelmon_gpu_sm_occupancy_ratio", "gauge",
+     "SM occupancy 0-1 (active warps / theoretical maximum), NVML GPM SM_OCCUPANCY over the last poll interval."),
 )
 
 
@@ -107,6 +117,7 @@ class AgentCollector(Collector):
                 "parent_UUID": ident.parent_uuid or "",
                 "util_source": g.util_source,
                 "pcie_source": g.pcie_source,
+                "activity_source": g.activity_source,
             }, 1.0)
             if not g.up:
                 continue
