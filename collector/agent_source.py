@@ -235,6 +235,11 @@ _AGENT_VALUES = {
     "accelmon_gpu_pcie_rx_bytes_total": "pcie_rx",
     "accelmon_gpu_power_watts": "power",
     "accelmon_gpu_energy_joules_total": "energy",
+    # GPM activity (collector/agent/gpm.py): absent where the GPU cannot report it (stored NULL, never 0)
+    "accelmon_gpu_sm_active_seconds_total": "sm_active",
+    "accelmon_gpu_tensor_active_seconds_total": "tensor_active",
+    "accelmon_gpu_dram_active_seconds_total": "dram_active",
+    "accelmon_gpu_sm_occupancy_ratio": "sm_occupancy",
 }
 
 
@@ -391,6 +396,7 @@ class AgentSource(MetricsEndpointSource):
             v = g.values
             util = finite_or_none(v.get("util"))
             mem_util = finite_or_none(v.get("mem_util"))
+            occ = finite_or_none(v.get("sm_occupancy"))
             row = {
                 "ts": ts,
                 "gpu_uuid": uuid,
@@ -406,6 +412,13 @@ class AgentSource(MetricsEndpointSource):
                 "pcie_rx_bytes_total": scaled_int(v.get("pcie_rx")),
                 "power_milliwatts": scaled_int(v.get("power"), 1000.0, bits=32),
                 "energy_millijoules_total": scaled_int(v.get("energy"), 1000.0),
+                # the agent exports activity as counters (+ occupancy); the per-period activity gauges
+                # (sm/tensor/dram_active_percent) come from DCGM sources, derived here they would
+                # only repeat the counters
+                "sm_occupancy_percent": None if occ is None else occ * 100.0,
+                "sm_active_ms_total": scaled_int(v.get("sm_active"), 1000.0),
+                "tensor_active_ms_total": scaled_int(v.get("tensor_active"), 1000.0),
+                "dram_active_ms_total": scaled_int(v.get("dram_active"), 1000.0),
             }
             if any(row[k] is not None for k in row if k not in ("ts", "gpu_uuid", "source", "vm_bios_uuid")):
                 samples.append(row)
@@ -429,6 +442,7 @@ class AgentSource(MetricsEndpointSource):
                     "virtualization_mode": i.get("virtualization_mode") or None,
                     "vgpu_profile": i.get("vgpu_profile") or None,
                     "mig_mode": {"enabled": True, "disabled": False}.get(i.get("mig_mode", "")),
+                    "activity_source": i.get("activity_source") or None,  # gpm | none; older agents: NULL
                     "numa_node": small_int(i.get("numa_node")),
                     "fb_total_bytes": scaled_int(v.get("fb_total")),
                     "source": "agent",
