@@ -13,6 +13,12 @@ scrapes it, and:
    kernel launched through the CUDA driver API with ctypes, which needs only the driver) →
    ``busy_seconds_total`` grows ~1 s per second and ``idle_seconds_total`` stops growing.
 
+3. GPM (Hopper+, where ``activity_source="gpm"``): a half-precision matmul load (torch only;
+   skipped with the reason printed when torch is not importable) → SM-active and tensor-active
+   seconds grow well above the idle phase's; a one-block, one-thread spin kernel (PTX through the
+   CUDA driver API) → busy seconds grow ~1 s/s while SM-active seconds stay low (the "hollow"
+   GPU NVML utilization cannot tell from a full one).
+
 It prints what it saw (raw driver samples too, so units can be checked) and, last line,
 ``key=value`` pairs ending in ``result=PASS`` or ``result=FAIL``. Exit 0 pass, 1 fail,
 2 when there is no usable GPU / NVML here.
@@ -26,6 +32,7 @@ import os
 import sys
 import threading
 import time
+from typing import Any
 
 os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # CUDA ordinals = NVML indexes
 
@@ -71,6 +78,14 @@ def gpu_values(text: str, uuid: str) -> dict[str, float]:
     return out
 
 
+ACTIVE = ("accelmon_gpu_sm_active_seconds_total", "accelmon_gpu_tensor_active_seconds_total",
+          "accelmon_gpu_dram_active_seconds_total")
+
+
+def series_labels(text: str, name: str) -> list[dict[str, str]]:
+    return [dict(s.labels) for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name]
+
+
 # ------------------------------------------------------------------ load generators
 def load_torch(index: int, stop: threading.Event) -> str:
     import torch  # type: ignore[import-not-found]
@@ -98,7 +113,28 @@ def load_cupy(index: int, stop: threading.Event) -> str:
     return "cupy"
 
 
-def load_ptx(index: int, stop: threading.Event) -> str:
+def load_torch_fp16(index: int, stop: threading.Event) -> str:
+    """Half-precision GEMMs: run on the tensor cores (GPM ANY_TENSOR_UTIL)."""
+    import torch  # type: ignore[import-not-found]
+
+    dev = torch.device(f"cuda:{index}")
+    a = torch.randn(8192, 8192, device=dev, dtype=torch.float16)
+    b = torch.randn(8192, 8192, device=dev, dtype=torch.float16)
+    while not stop.is_set():
+        for _ in range(10):
+            c = a @ b
+        torch.cuda.synchronize(dev)
+    del c
+    return "torch-fp16"
+
+
+def load_spin_one_block(index: int, stop: threading.Event) -> str:
+    """One block of one thread spinning: the GPU is "busy" (a kernel runs) on one SM only."""
+    return load_ptx(index, stop, blocks=1, threads=1, iters=5_000_000)
+
+
+def load_ptx(index: int, stop: threading.Event, blocks: int = 4096, threads: int = 256,
+             iters: int = 200_000) -> str:
     cu = ctypes.CDLL("libcuda.so.1")
 
     def check(rc: int, what: str) -> None:
@@ -115,12 +151,11 @@ def load_ptx(index: int, stop: threading.Event) -> str:
     check(cu.cuModuleLoadData(ctypes.byref(mod), ctypes.c_char_p(PTX.encode())), "cuModuleLoadData")
     fn = ctypes.c_void_p()
     check(cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"spin"), "cuModuleGetFunction")
-    threads, blocks = 256, 4096
     dptr = ctypes.c_uint64()
     check(cu.cuMemAlloc_v2(ctypes.byref(dptr), ctypes.c_size_t(threads * 4)), "cuMemAlloc")
-    iters = ctypes.c_uint32(200_000)
+    n_iters = ctypes.c_uint32(iters)
     args = (ctypes.c_void_p * 2)(ctypes.cast(ctypes.byref(dptr), ctypes.c_void_p),
-                                 ctypes.cast(ctypes.byref(iters), ctypes.c_void_p))
+                                 ctypes.cast(ctypes.byref(n_iters), ctypes.c_void_p))
     while not stop.is_set():
         check(cu.cuLaunchKernel(fn, blocks, 1, 1, threads, 1, 1, 0, None, args, None), "cuLaunchKernel")
         check(cu.cuCtxSynchronize(), "cuCtxSynchronize")
@@ -128,9 +163,10 @@ def load_ptx(index: int, stop: threading.Event) -> str:
     return "ptx-spin-kernel (CUDA driver API via ctypes)"
 
 
-def run_load(index: int, stop: threading.Event, used: list[str], errors: list[str]) -> None:
+def run_load(index: int, stop: threading.Event, used: list[str], errors: list[str],
+             loaders: tuple[Any, ...] | None = None) -> None:
     """Load the GPU until ``stop``: torch, else cupy, else the PTX kernel (driver only)."""
-    for fn in (load_torch, load_cupy, load_ptx):
+    for fn in loaders or (load_torch, load_cupy, load_ptx):
         try:
             used.append(fn(index, stop))
             return
@@ -198,15 +234,37 @@ def main() -> int:
         dt = time.time() - t0
         d = {k: b.get(k, float("nan")) - a.get(k, float("nan")) for k in
              ("accelmon_gpu_busy_seconds_total", "accelmon_gpu_idle_seconds_total",
-              "accelmon_gpu_unobserved_seconds_total", "accelmon_gpu_energy_joules_total")}
+              "accelmon_gpu_unobserved_seconds_total", "accelmon_gpu_energy_joules_total", *ACTIVE)}
         d["seconds"] = dt
         d["util"] = b.get("accelmon_gpu_utilization_ratio", float("nan"))
         d["power_w"] = b.get("accelmon_gpu_power_watts", float("nan"))
         print(f"{name:5s} phase {dt:5.1f} s: busy +{d['accelmon_gpu_busy_seconds_total']:.2f} s, "
               f"idle +{d['accelmon_gpu_idle_seconds_total']:.2f} s, unobserved "
               f"+{d['accelmon_gpu_unobserved_seconds_total']:.2f} s, energy +{d['accelmon_gpu_energy_joules_total']:.0f} J, "
-              f"util {d['util']:.2f}, power {d['power_w']:.0f} W")
+              f"util {d['util']:.2f}, power {d['power_w']:.0f} W"
+              + (f", SM active +{d[ACTIVE[0]]:.2f} s, tensor active +{d[ACTIVE[1]]:.2f} s" if gpm_on else ""))
         return d
+
+    def loaded_phase(name: str, loaders: tuple[Any, ...]) -> tuple[dict[str, float] | None, str]:
+        stop = threading.Event()
+        used: list[str] = []
+        errors: list[str] = []
+        t = threading.Thread(target=run_load, args=(args.gpu, stop, used, errors, loaders), daemon=True)
+        t.start()
+        time.sleep(3.0)  # context creation / JIT
+        d = phase(name) if t.is_alive() else None
+        stop.set()
+        t.join(timeout=60)
+        for e in errors:
+            print(f"{name} load: {e}", file=sys.stderr)
+        return d, used[0] if used else ""
+
+    first = gpu_values(requests.get(url, timeout=10).text, ident.uuid)
+    gpm_on = ACTIVE[0] in first
+    info = [k for k in series_labels(requests.get(url, timeout=10).text, "accelmon_gpu_info")
+            if k.get("UUID") == ident.uuid]
+    print(f"activity_source={info[0].get('activity_source', '?') if info else '?'} (GPM "
+          f"{'on: SM/tensor/DRAM activity counters present' if gpm_on else 'not available on this GPU / in this guest'})")
 
     idle = phase("idle")
     stop = threading.Event()
@@ -221,6 +279,34 @@ def main() -> int:
     for e in errors:
         print(f"load: {e}", file=sys.stderr)
     print(f"load generator: {used[0] if used else 'none'}")
+    gpm_checks: list[tuple[str, bool]] = []
+    gpm_keys = ""
+    if gpm_on:
+        try:
+            import torch  # type: ignore[import-not-found]  # noqa: F401
+            mm, mm_used = loaded_phase("mm", (load_torch_fp16,))
+            gpm_checks.append(("GPM matmul (torch fp16) ran", mm is not None and bool(mm_used)))
+        except ImportError as e:
+            mm, mm_used = None, ""
+            print(f"GPM matmul sub-check skipped: torch is not importable ({e})")
+        spin, spin_used = loaded_phase("spin", (load_spin_one_block,))
+        print(f"GPM loads: matmul={mm_used or 'skipped'} spin={spin_used or 'failed'}")
+        if mm is not None:
+            gpm_checks += [
+                ("GPM matmul: SM active >= 0.5 s/s and well above idle",
+                 mm[ACTIVE[0]] >= 0.5 * mm["seconds"] and mm[ACTIVE[0]] >= idle[ACTIVE[0]] + 0.3 * mm["seconds"]),
+                ("GPM matmul: tensor active >= 0.2 s/s and well above idle",
+                 mm[ACTIVE[1]] >= 0.2 * mm["seconds"] and mm[ACTIVE[1]] >= idle[ACTIVE[1]] + 0.15 * mm["seconds"]),
+            ]
+            gpm_keys += f" mm_sm_active_s={mm[ACTIVE[0]]:.2f} mm_tensor_active_s={mm[ACTIVE[1]]:.2f}"
+        gpm_checks += [("GPM spin kernel ran", spin is not None and bool(spin_used))]
+        if spin is not None:
+            gpm_checks += [
+                ("GPM one-block spin: busy >= 0.7 s/s", spin["accelmon_gpu_busy_seconds_total"] >= 0.7 * spin["seconds"]),
+                ("GPM one-block spin: SM active <= 0.1 s/s", spin[ACTIVE[0]] <= 0.1 * spin["seconds"]),
+            ]
+            gpm_keys += (f" spin_busy_s={spin['accelmon_gpu_busy_seconds_total']:.2f} "
+                         f"spin_sm_active_s={spin[ACTIVE[0]]:.2f} seconds={spin['seconds']:.1f}")
     text = requests.get(url, timeout=10).text
     missing = [m for m in ("accelmon_gpu_busy_seconds_total", "accelmon_gpu_fb_used_bytes") if m not in text]
     srv.shutdown()
@@ -237,6 +323,7 @@ def main() -> int:
             ("busy phase: busy grows ~1 s/s", busy["accelmon_gpu_busy_seconds_total"] >= 0.7 * busy["seconds"]),
             ("busy phase: idle stops growing", busy["accelmon_gpu_idle_seconds_total"] <= 0.2 * busy["seconds"]),
         ]
+    checks += gpm_checks
     for name, ok in checks:
         print(f"  [{'ok' if ok else 'FAIL'}] {name}")
     passed = all(ok for _, ok in checks)
@@ -245,7 +332,7 @@ def main() -> int:
           f"idle_phase_busy_s={idle['accelmon_gpu_busy_seconds_total']:.2f} "
           f"busy_phase_busy_s={b.get('accelmon_gpu_busy_seconds_total', float('nan')):.2f} "
           f"busy_phase_idle_s={b.get('accelmon_gpu_idle_seconds_total', float('nan')):.2f} "
-          f"result={'PASS' if passed else 'FAIL'}")
+          f"gpm={'on' if gpm_on else 'off'}{gpm_keys} result={'PASS' if passed else 'FAIL'}")
     return 0 if passed else 1
 
 
