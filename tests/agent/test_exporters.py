@@ -205,3 +205,79 @@ def test_profiling_field_names_exist_in_the_real_dcgm_exporter_list() -> None:
     assert real["DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"][2] and real["DCGM_FI_PROF_DRAM_ACTIVE"][2]
     assert not real["DCGM_FI_PROF_SM_ACTIVE"][2] and not real["DCGM_FI_PROF_SM_OCCUPANCY"][2]
     assert real["DCGM_FI_PROF_GR_ENGINE_ACTIVE"][2]
+
+
+# --------------------------------------------------------------------------- the simulated dcgm-exporter's profiling fields
+SIM_SPEC = {
+    "gpu": [
+        {"model": "H100", "trace": "constant:40"},
+        {"model": "H100", "mig": ["3g.40gb", "3g.40gb"], "trace": "busy_training"},
+        {"model": "A100-SXM4-40GB", "trace": "constant:40"},  # not Hopper: no GPM in the simulation
+        {"model": "H100", "mode": "vgpu", "vgpu_profile": "H100-20C", "trace": "constant:40"},  # a vGPU guest
+        {"model": "H100", "trace": "constant:40", "unsupported": ["nvmlGpmQueryDeviceSupport"]},
+    ]
+}
+
+
+def _sim_rows(**kw: object) -> tuple[list[str], dict[str, dict], dict[str, dict]]:
+    from accelmon.sim.clock import ManualClock
+    from accelmon.sim.exporters import dcgm_exporter_text
+    from accelmon.sim.nvml import SimNVML
+    from accelmon.sim.spec import parse_spec
+
+    t0 = 1_700_000_000.0
+    sim = SimNVML(parse_spec(SIM_SPEC), clock=ManualClock(t0))
+    sim.clock.advance(120.0)
+    sim.nvmlInit()
+    try:
+        text = dcgm_exporter_text(sim, **kw)  # type: ignore[arg-type]
+    finally:
+        sim.nvmlShutdown()
+    rows = DcgmExporterSource("http://dcgm:9400").rows(text, t0 + 120.0)
+    return ([g.uuid for g in sim.gpus], {r["gpu_uuid"]: r for r in rows["gpu_sample"]},
+            {r["gpu_uuid"]: r for r in rows["agent_gpu"]})
+
+
+def test_sim_dcgm_exporter_serves_profiling_fields_for_hopper_only() -> None:
+    from accelmon.sim.exporters import DCGM_PROF_FIELDS
+
+    (h100, mig, a100, vgpu, nogpm), s, ident = _sim_rows(prof_fields=DCGM_PROF_FIELDS)
+    cols = ("sm_active_percent", "sm_occupancy_percent", "tensor_active_percent", "dram_active_percent")
+    have = [h100, f"{mig}/GI1", f"{mig}/GI2"]
+    for g in have:
+        assert all(s[g][c] is not None for c in cols), g
+        assert ident[g]["activity_source"] == "dcgm"
+        # occupancy ≤ SM active (warps are resident only on an active SM); all percentages
+        assert 0.0 <= s[g]["sm_occupancy_percent"] <= s[g]["sm_active_percent"] <= 100.0
+    # SM active ≤ utilization: an SM is active only while a kernel runs (constant trace: the same over any period)
+    assert 0.0 < s[h100]["sm_active_percent"] <= s[h100]["util_percent"] == 40.0
+    for g in (a100, vgpu, nogpm, mig):  # cannot report (or the MIG parent): no line, NULL, never 0
+        assert all(s[g][c] is None for c in cols), g
+        assert ident[g]["activity_source"] is None, g
+
+
+def test_sim_dcgm_exporter_default_fields_are_the_stock_csv() -> None:
+    """The stock dcp-metrics-included.csv leaves SM_ACTIVE/SM_OCCUPANCY commented out, so does the simulation."""
+    from accelmon.sim.exporters import DCGM_PROF_DEFAULT, DCGM_PROF_FIELDS
+
+    real = _real_fields()
+    assert set(DCGM_PROF_FIELDS) <= set(real)
+    assert set(DCGM_PROF_DEFAULT) == {f for f in DCGM_PROF_FIELDS if real[f][2]}
+    (h100, *_), s, ident = _sim_rows()
+    assert s[h100]["sm_active_percent"] is None and s[h100]["sm_occupancy_percent"] is None
+    assert s[h100]["tensor_active_percent"] is not None and s[h100]["dram_active_percent"] is not None
+    assert ident[h100]["activity_source"] == "dcgm"
+
+
+def test_sim_dcgm_exporter_activity_hook() -> None:
+    """The activity source is a parameter (the simulated GPM plugs in there): its ratios are served as is."""
+    from accelmon.sim.exporters import DCGM_PROF_FIELDS
+
+    def half(gpu: object, t0: float, t1: float) -> dict[str, float] | None:
+        assert t1 - t0 == 30.0  # DCGM's update interval ending now
+        return {"sm_active": 0.5, "sm_occupancy": 0.25} if getattr(gpu, "index", None) == 2 else None
+
+    (_h100, _mig, a100, *_), s, ident = _sim_rows(prof_fields=DCGM_PROF_FIELDS, activity=half)
+    assert {g for g, r in s.items() if r["sm_active_percent"] is not None} == {a100}
+    assert (s[a100]["sm_active_percent"], s[a100]["sm_occupancy_percent"], s[a100]["tensor_active_percent"]) == (
+        50.0, 25.0, None)
