@@ -30,6 +30,32 @@ A GPU in MIG mode has no whole-GPU utilization (NVML answers NOT_SUPPORTED, DCGM
 field blank, nvidia-smi prints ``[N/A]``); both exporters then omit the line, and the sample's
 ``util_percent`` stays null, never 0.  dcgm-exporter's host label is ``Hostname`` up to 4.x and
 ``hostname`` after NVIDIA/dcgm-exporter#655; both are read.
+
+Activity (effective utilization, docs/metrics.md): dcgm-exporter's profiling fields
+(``etc/dcp-metrics-included.csv``; DCGM "profiling metrics", ratios 0–1 averaged over DCGM's
+sampling interval) go to the ``gpu_sample`` gauges in percent (× 100, clamped to 0–100):
+
+* ``DCGM_FI_PROF_SM_ACTIVE`` ("the ratio of cycles an SM has at least 1 warp assigned",
+  averaged over all SMs) → ``sm_active_percent`` (effective utilization);
+* ``DCGM_FI_PROF_SM_OCCUPANCY`` ("the ratio of number of warps resident on an SM") →
+  ``sm_occupancy_percent``;
+* ``DCGM_FI_PROF_PIPE_TENSOR_ACTIVE`` ("ratio of cycles the tensor (HMMA) pipe is active") →
+  ``tensor_active_percent``;
+* ``DCGM_FI_PROF_DRAM_ACTIVE`` ("ratio of cycles the device memory interface is active
+  sending or receiving data") → ``dram_active_percent``.
+
+dcgm-exporter ships SM_ACTIVE and SM_OCCUPANCY *commented out* in its counters CSVs: a site
+enables them, else only tensor and DRAM activity arrive and ``sm_active_percent`` stays null.
+A MIG instance's fields (``GPU_I_ID`` label) land in its ``<uuid>/GI<id>`` row.  The
+``*_active_ms_total`` counters stay null (a gauge sampled at the scrape interval cannot tell
+active time; the counters are the agent's, from GPM).  ``agent_gpu.activity_source`` is
+``"dcgm"`` for a GPU (or instance) with any of the four fields in the scrape, NULL otherwise:
+an absent field means the site does not export it or the GPU cannot report it (vGPU guests,
+GPUs without profiling support), never 0.  ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` ("ratio of time
+the graphics engine is active") is the time-based busy fraction, the same meaning as
+``DCGM_FI_DEV_GPU_UTIL``, not SM activity: it is not stored (no column; mixing it into
+``util_percent`` would join two measurement paths in one column) and does not set
+``activity_source``.
 """
 
 from __future__ import annotations
@@ -47,6 +73,20 @@ from accelmon.collector.agent_source import (
 )
 
 MIB = 1024 * 1024
+
+# DCGM profiling fields (ratios 0–1, NVIDIA/dcgm-exporter etc/dcp-metrics-included.csv) -> gpu_sample gauge (percent)
+PROF_ACTIVITY = {
+    "DCGM_FI_PROF_SM_ACTIVE": "sm_active_percent",
+    "DCGM_FI_PROF_SM_OCCUPANCY": "sm_occupancy_percent",
+    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": "tensor_active_percent",
+    "DCGM_FI_PROF_DRAM_ACTIVE": "dram_active_percent",
+}
+
+
+def ratio_percent(v: float | None) -> float | None:
+    """A DCGM profiling ratio (0–1) as percent 0–100; None stays None (absent is not 0)."""
+    f = finite_or_none(v)
+    return None if f is None else min(max(f * 100.0, 0.0), 100.0)
 
 
 def normalize_gpu_uuid(u: str) -> str:
@@ -123,11 +163,13 @@ class DcgmExporterSource(_ExporterSource):
         "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION_total": "energy_mj",
         "DCGM_FI_PROF_PCIE_TX_BYTES": "pcie_tx_rate",
         "DCGM_FI_PROF_PCIE_RX_BYTES": "pcie_rx_rate",
+        **PROF_ACTIVITY,
     }
 
     def __init__(self, url: str, **kw: Any) -> None:
         super().__init__(url, **kw)
         self._pcie: dict[str, tuple[float, float, float]] = {}  # gpu -> (t, tx, rx) integrated
+        self._activity: set[str] = set()  # GPU keys with profiling activity in this scrape (see prepare)
 
     def prepare(self, m: dict[str, list[Sample]]) -> None:
         mig: dict[str, bool] = {}
@@ -145,6 +187,8 @@ class DcgmExporterSource(_ExporterSource):
             if u and flag is not None and not s.labels.get("GPU_I_ID"):
                 mig[u] = flag
         self._mig = mig
+        self._activity = {g for f in PROF_ACTIVITY for s in m.get(f, [])
+                          if (g := self.gpu_key(s.labels)) is not None and finite_or_none(s.value) is not None}
 
     def gpu_key(self, labels: dict[str, str]) -> str | None:
         uuid = labels.get("UUID") or labels.get("uuid")
@@ -164,6 +208,7 @@ class DcgmExporterSource(_ExporterSource):
             "model_name": labels.get("modelName") or None,
             "driver_version": labels.get("DCGM_FI_DRIVER_VERSION") or None,
             "mig_mode": True if labels.get("GPU_I_ID") else self._mig.get(uuid),
+            "activity_source": "dcgm" if key in self._activity else None,
         }
 
     def convert(self, key: str, v: dict[str, float], ts: float) -> dict[str, Any]:
@@ -178,6 +223,8 @@ class DcgmExporterSource(_ExporterSource):
             "power_milliwatts": scaled_int(v.get("power_w"), 1000.0, bits=32),
             "energy_millijoules_total": scaled_int(v.get("energy_mj")),
         }
+        for col in PROF_ACTIVITY.values():
+            out[col] = ratio_percent(v.get(col))
         tx, rx = finite_or_none(v.get("pcie_tx_rate")), finite_or_none(v.get("pcie_rx_rate"))
         if tx is not None and rx is not None:
             t0, ctx, crx = self._pcie.get(key, (ts, 0.0, 0.0))

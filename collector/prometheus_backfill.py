@@ -11,10 +11,19 @@ DCGM series                                gpu_sample column
 ``DCGM_FI_DEV_FB_FREE`` + ``_RESERVED``    ``fb_total_bytes`` (used + free + reserved, × 2^20)
 ``DCGM_FI_DEV_POWER_USAGE`` (W)            ``power_milliwatts`` (× 1000)
 ``DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION``   ``energy_millijoules_total`` (already mJ)
+``DCGM_FI_PROF_SM_ACTIVE`` (ratio 0–1)     ``sm_active_percent`` (× 100)
+``DCGM_FI_PROF_SM_OCCUPANCY`` (ratio)      ``sm_occupancy_percent`` (× 100)
+``DCGM_FI_PROF_PIPE_TENSOR_ACTIVE``        ``tensor_active_percent`` (× 100)
+``DCGM_FI_PROF_DRAM_ACTIVE`` (ratio)       ``dram_active_percent`` (× 100)
 =========================================  ===========================================
 
 rows with ``source = 'prometheus'``, one per GPU (label ``UUID``, as dcgm-exporter sets it)
-and step. Requests are chunked so no series exceeds Prometheus' 11,000 points per query.
+and step; a MIG instance's series (label ``GPU_I_ID``) go to ``<UUID>/GI<GPU_I_ID>``, the id
+the dcgm-exporter source (collector/exporters.py) gives the same instance.  The profiling
+ratios are the same series names dcgm-exporter serves (``etc/dcp-metrics-included.csv``;
+SM_ACTIVE and SM_OCCUPANCY only where the site enabled them); a series Prometheus does not
+hold leaves its column NULL, never 0, and ``*_active_ms_total`` stay NULL (a sampled gauge
+cannot tell active time). Requests are chunked so no series exceeds Prometheus' 11,000 points per query.
 Re-running is safe: rows at or before the newest already-imported sample of a GPU are skipped.
 Busy/idle counters are left null: a sampled utilization gauge cannot tell busy time.
 """
@@ -58,7 +67,17 @@ FIELDS = (
     Field("DCGM_FI_DEV_FB_RESERVED", "_fb_reserved", MIB),
     Field("DCGM_FI_DEV_POWER_USAGE", "power_milliwatts", 1000.0),
     Field("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "energy_millijoules_total", 1.0),
+    # DCGM profiling ratios 0–1 -> percent (the same mapping as the dcgm-exporter source)
+    Field("DCGM_FI_PROF_SM_ACTIVE", "sm_active_percent", 100.0),
+    Field("DCGM_FI_PROF_SM_OCCUPANCY", "sm_occupancy_percent", 100.0),
+    Field("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "tensor_active_percent", 100.0),
+    Field("DCGM_FI_PROF_DRAM_ACTIVE", "dram_active_percent", 100.0),
 )
+_PERCENT_COLS = ("util_percent", "mem_util_percent", "sm_active_percent", "sm_occupancy_percent",
+                 "tensor_active_percent", "dram_active_percent")
+# a row is kept when it carries at least one of these (not a lone energy or free-memory point)
+_ROW_COLS = ("util_percent", "fb_used_bytes", "power_milliwatts", "sm_active_percent", "sm_occupancy_percent",
+             "tensor_active_percent", "dram_active_percent")
 
 _INT_COLS = {"fb_used_bytes", "_fb_free", "_fb_reserved", "power_milliwatts", "energy_millijoules_total"}
 
@@ -75,11 +94,13 @@ def safe_url(url: str) -> str:
 
 
 def gpu_key(labels: dict[str, str]) -> str:
-    """GPU identity of a DCGM series: ``UUID`` (dcgm-exporter), else ``uuid``, else instance/gpu."""
-    for k in ("UUID", "uuid", "gpu_uuid"):
-        if labels.get(k):
-            return labels[k]
-    return f"{labels.get('instance', '?')}/gpu{labels.get('gpu', labels.get('minor_number', '?'))}"
+    """GPU identity of a DCGM series: ``UUID`` (dcgm-exporter), else ``uuid``, else instance/gpu;
+    a MIG instance (``GPU_I_ID``) is ``<that>/GI<GPU_I_ID>``, as the dcgm-exporter source stores it."""
+    gpu = next((labels[k] for k in ("UUID", "uuid", "gpu_uuid") if labels.get(k)), None)
+    if gpu is None:
+        gpu = f"{labels.get('instance', '?')}/gpu{labels.get('gpu', labels.get('minor_number', '?'))}"
+    gi = labels.get("GPU_I_ID", "")
+    return f"{gpu}/GI{gi}" if gi else gpu
 
 
 class PrometheusClient:
@@ -180,16 +201,15 @@ class PrometheusBackfillSource:
         for (uuid, ms), r in sorted(rows.items()):
             if ms <= done.get(uuid, -1):
                 continue
-            if "util_percent" not in r and "fb_used_bytes" not in r and "power_milliwatts" not in r:
+            if not any(c in r for c in _ROW_COLS):
                 continue
             free = r.pop("_fb_free", None)
             reserved = r.pop("_fb_reserved", None)
             if free is not None and r.get("fb_used_bytes") is not None:
                 r["fb_total_bytes"] = r["fb_used_bytes"] + free + (reserved or 0)
-            if r.get("util_percent") is not None:
-                r["util_percent"] = min(max(r["util_percent"], 0.0), 100.0)
-            if r.get("mem_util_percent") is not None:
-                r["mem_util_percent"] = min(max(r["mem_util_percent"], 0.0), 100.0)
+            for c in _PERCENT_COLS:
+                if r.get(c) is not None:
+                    r[c] = min(max(r[c], 0.0), 100.0)
             r["ts"] = r.pop("ts_ms") / 1000.0
             r["source"] = "prometheus"
             out.append(r)

@@ -22,6 +22,15 @@ adds it to its counters CSV, so it is rendered only with ``mig_mode_field=True``
 label is ``Hostname`` up to dcgm-exporter 4.x and ``hostname`` after NVIDIA/dcgm-exporter#655
 (``hostname_label``).
 
+Profiling fields (``etc/dcp-metrics-included.csv``: ratios 0–1, ``%f``): ``prof_fields`` picks
+which are served; the default is what the stock CSV enables (``GR_ENGINE_ACTIVE``,
+``PIPE_TENSOR_ACTIVE``, ``DRAM_ACTIVE``); ``SM_ACTIVE``/``SM_OCCUPANCY`` are commented out
+there, so a test that wants effective utilization passes :data:`DCGM_PROF_FIELDS`.  The values
+come from ``activity(gpu, t0, t1)`` over DCGM's last update interval (``prof_interval_s``,
+dcgm-exporter's ``-c`` collect interval, 30 s by default); a GPU for which it answers None
+(not Hopper+, a vGPU guest, GPM unsupported) gets no profiling line at all, never 0.  In MIG
+mode the lines are per instance (``GPU_I_PROFILE``/``GPU_I_ID``), none for the parent.
+
 **nvidia_gpu_exporter** (utkuozdemir/nvidia_gpu_exporter, ``internal/exporter/exporter.go``,
 ``docs/METRICS.md`` and its integration-test captures ``*-mig__*.metrics``): ``uuid`` label
 lower case without the ``GPU-`` prefix (``NormalizeUUID``); ``nvidia_smi_utilization_gpu_ratio``
@@ -36,13 +45,15 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pynvml
 from pynvml import NVMLError
+
+from accelmon.sim.traces import time_weighted_mean
 
 MIB = 2**20
 
@@ -133,10 +144,65 @@ _DCGM_HELP = {  # NVIDIA/dcgm-exporter etc/default-counters.csv
 }
 
 
+# DCGM profiling fields (ratios 0–1; HELP from dcp-metrics-included.csv) -> key of the activity() answer
+_PROF = {
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": ("gr_engine_active", "Ratio of time the graphics engine is active."),
+    "DCGM_FI_PROF_SM_ACTIVE": ("sm_active", "The ratio of cycles an SM has at least 1 warp assigned."),
+    "DCGM_FI_PROF_SM_OCCUPANCY": ("sm_occupancy", "The ratio of number of warps resident on an SM."),
+    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": ("tensor_active", "Ratio of cycles the tensor (HMMA) pipe is active."),
+    "DCGM_FI_PROF_DRAM_ACTIVE": (
+        "dram_active", "Ratio of cycles the device memory interface is active sending or receiving data."),
+}
+DCGM_PROF_FIELDS = tuple(_PROF)  # everything the simulation can serve
+DCGM_PROF_DEFAULT = ("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "DCGM_FI_PROF_DRAM_ACTIVE")
+
+# Model assumption of the simulation (no reference behind it): per trace, the share of the busy time
+# (utilization) during which SMs are active, warps resident, tensor pipes and DRAM busy. A training job
+# keeps the SMs and tensor cores fed; an inference server is "100 % utilized" with few SMs active.
+_SHARES: dict[str, tuple[float, float, float, float]] = {
+    "busy_training": (0.80, 0.45, 0.55, 0.50),
+    "bursty_inference": (0.30, 0.12, 0.10, 0.25),
+}
+_SHARES_DEFAULT = (0.50, 0.25, 0.20, 0.30)
+
+
+def trace_activity(gpu: Any, t0: float, t1: float) -> dict[str, float] | None:
+    """Profiling ratios 0–1 of a simulated GPU (``SimGpu``) over ``[t0, t1]``, or None where DCGM
+    has none (not Hopper+, a vGPU guest, or ``unsupported`` lists ``nvmlGpmQueryDeviceSupport``).
+
+    A stand-in computed from the utilization trace until the simulated GPM (accelmon/sim/gpm.py)
+    can answer: connect it by passing ``activity=`` to :func:`dcgm_exporter_text`. Invariants a
+    real GPU also keeps: occupancy ≤ SM active ≤ engine active (an SM holds warps only while
+    active, and is active only while a kernel runs)."""
+    if tuple(gpu.model.cc) < (9, 0) or gpu.mode == "vgpu" or "nvmlGpmQueryDeviceSupport" in gpu.unsupported:
+        return None
+    busy = time_weighted_mean(gpu.trace, t0, t1, step=1.0 / 6.0) / 100.0
+    sm, occ, tensor, dram = _SHARES.get(getattr(gpu.trace, "name", ""), _SHARES_DEFAULT)
+    return {"gr_engine_active": busy, "sm_active": busy * sm, "sm_occupancy": busy * occ,
+            "tensor_active": busy * tensor, "dram_active": busy * dram}
+
+
 def dcgm_exporter_text(nv: Any, *, hostname: str | None = "sim-host", hostname_label: str = "Hostname",
-                       mig_mode_field: bool = False) -> str:
-    """What dcgm-exporter serves for the GPUs ``nv`` (pynvml or SimNVML, initialised) sees now."""
+                       mig_mode_field: bool = False, prof_fields: Sequence[str] = DCGM_PROF_DEFAULT,
+                       prof_interval_s: float = 30.0,
+                       activity: Callable[[Any, float, float], dict[str, float] | None] = trace_activity) -> str:
+    """What dcgm-exporter serves for the GPUs ``nv`` (pynvml or SimNVML, initialised) sees now.
+
+    Profiling lines only for a SimNVML (real NVML has no DCGM profiling): see the module doc."""
     fam = {name: _Family(name, typ, h) for name, (typ, h) in _DCGM_HELP.items()}
+    prof = {f: _Family(f, "gauge", _PROF[f][1]) for f in prof_fields}
+    now = nv.clock.time() if hasattr(nv, "gpus") else None
+
+    def add_prof(h: Any, labels: dict[str, str]) -> None:
+        gpu = getattr(h, "gpu", None)
+        act = activity(gpu, now - prof_interval_s, now) if gpu is not None and now is not None and prof else None
+        if act is None:
+            return  # DCGM has no value: the line is skipped, not 0
+        for f, fm in prof.items():
+            v = act.get(_PROF[f][0])
+            if v is not None:
+                fm.add(labels, f"{v:f}")
+
     driver = _s(_try(nv.nvmlSystemGetDriverVersion) or "")
     for i in range(nv.nvmlDeviceGetCount()):
         h = _try(nv.nvmlDeviceGetHandleByIndex, i)
@@ -174,6 +240,8 @@ def dcgm_exporter_text(nv: Any, *, hostname: str | None = "sim-host", hostname_l
         mig = _mig_enabled(nv, h)
         if mig_mode_field and mig is not None:
             fam["DCGM_FI_DEV_MIG_MODE"].add(labels, "1" if mig else "0")
+        if not mig:
+            add_prof(h, labels)
         if mig:
             for m in _mig_handles(nv, h):
                 gi = _try(nv.nvmlDeviceGetGpuInstanceId, m)
@@ -184,7 +252,8 @@ def dcgm_exporter_text(nv: Any, *, hostname: str | None = "sim-host", hostname_l
                 ml = {**base, "GPU_I_PROFILE": name.rsplit(" MIG ", 1)[-1], "GPU_I_ID": str(gi), **tail}
                 fam["DCGM_FI_DEV_FB_USED"].add(ml, str(int(mmem.used) // MIB))
                 fam["DCGM_FI_DEV_FB_FREE"].add(ml, str(int(mmem.free) // MIB))
-    return "".join(f.text() for f in fam.values())
+                add_prof(m, ml)
+    return "".join(f.text() for f in [*fam.values(), *prof.values()])
 
 
 # --------------------------------------------------------------------------- nvidia_gpu_exporter
