@@ -53,7 +53,7 @@ from typing import Any
 import pynvml
 from pynvml import NVMLError
 
-from accelmon.sim.traces import time_weighted_mean
+from accelmon.sim.gpm import activity_mean
 
 MIB = 2**20
 
@@ -156,30 +156,20 @@ _PROF = {
 DCGM_PROF_FIELDS = tuple(_PROF)  # everything the simulation can serve
 DCGM_PROF_DEFAULT = ("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "DCGM_FI_PROF_DRAM_ACTIVE")
 
-# Model assumption of the simulation (no reference behind it): per trace, the share of the busy time
-# (utilization) during which SMs are active, warps resident, tensor pipes and DRAM busy. A training job
-# keeps the SMs and tensor cores fed; an inference server is "100 % utilized" with few SMs active.
-_SHARES: dict[str, tuple[float, float, float, float]] = {
-    "busy_training": (0.80, 0.45, 0.55, 0.50),
-    "bursty_inference": (0.30, 0.12, 0.10, 0.25),
-}
-_SHARES_DEFAULT = (0.50, 0.25, 0.20, 0.30)
-
-
 def trace_activity(gpu: Any, t0: float, t1: float) -> dict[str, float] | None:
     """Profiling ratios 0–1 of a simulated GPU (``SimGpu``) over ``[t0, t1]``, or None where DCGM
-    has none (not Hopper+, a vGPU guest, or ``unsupported`` lists ``nvmlGpmQueryDeviceSupport``).
+    has none (not Hopper+ / GPM unsupported by the spec, or a vGPU guest).
 
-    A stand-in computed from the utilization trace until the simulated GPM (accelmon/sim/gpm.py)
-    can answer: connect it by passing ``activity=`` to :func:`dcgm_exporter_text`. Invariants a
-    real GPU also keeps: occupancy ≤ SM active ≤ engine active (an SM holds warps only while
-    active, and is active only while a kernel runs)."""
-    if tuple(gpu.model.cc) < (9, 0) or gpu.mode == "vgpu" or "nvmlGpmQueryDeviceSupport" in gpu.unsupported:
+    The same activity model as the simulated GPM (:mod:`accelmon.sim.gpm`: a trace's own
+    ``activity`` where it has one, e.g. ``trickle``/``matmul``, else ``default_activity`` of its
+    utilization), so one simulated GPU reads the same SM activity through the agent (GPM) and
+    through dcgm-exporter — the cross-check of effective utilization rests on that.  Invariant a
+    real GPU also keeps: occupancy ≤ SM active ≤ engine active."""
+    if not gpu.spec.gpm_supported or gpu.mode == "vgpu" or "nvmlGpmQueryDeviceSupport" in gpu.unsupported:
         return None
-    busy = time_weighted_mean(gpu.trace, t0, t1, step=1.0 / 6.0) / 100.0
-    sm, occ, tensor, dram = _SHARES.get(getattr(gpu.trace, "name", ""), _SHARES_DEFAULT)
-    return {"gr_engine_active": busy, "sm_active": busy * sm, "sm_occupancy": busy * occ,
-            "tensor_active": busy * tensor, "dram_active": busy * dram}
+    util, sm, occ, tensor, dram = activity_mean(gpu.trace, t0, t1, step=1.0 / 6.0)
+    return {"gr_engine_active": util / 100.0, "sm_active": sm / 100.0, "sm_occupancy": occ / 100.0,
+            "tensor_active": tensor / 100.0, "dram_active": dram / 100.0}
 
 
 def dcgm_exporter_text(nv: Any, *, hostname: str | None = "sim-host", hostname_label: str = "Hostname",
