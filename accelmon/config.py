@@ -203,6 +203,14 @@ class ThresholdsConfig(_Model):
     # consolidation savings: an emptied host without a measured power (host_power_sample) is
     # counted as this baseline + its GPUs' measured idle power; unset = such a host's power is unknown
     host_baseline_watts: float | None = Field(None, ge=0)
+    # effective utilization (docs/analytics.md, "Hollow GPUs"): busy on time (mean ≥ underutilized_percent)
+    # but SM-active below this → hollow
+    hollow_percent: float = Field(15.0, gt=0, le=100)
+    # right-sizing (docs/analytics.md, "Right-sizing"): need = framebuffer p99.9 × fb_headroom; NVIDIA vGPU
+    # sizing rules of thumb: framebuffer used not above fb_full_percent often, not sustained above fb_tight_percent
+    fb_headroom: float = Field(1.2, ge=1.0, le=4.0)
+    fb_full_percent: float = Field(90.0, gt=0, le=100)
+    fb_tight_percent: float = Field(70.0, gt=0, le=100)
 
 
 class ReportConfig(_Model):

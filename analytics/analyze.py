@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 from accelmon.analytics import (
     actions,
+    activity,
     consolidation,
     estate,
     identity,
@@ -17,6 +18,7 @@ from accelmon.analytics import (
     power,
     presence,
     profiles,
+    rightsize,
     samples,
     utilization,
     verdict,
@@ -50,6 +52,9 @@ def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | Non
     th = {k: float(getattr(thresholds, k)) for k in (
         "underutilized_percent", "min_coverage_ratio", "min_covered_duration", "window", "stun_limit_seconds",
         "target_util_percent")}
+    for k, default in (("hollow_percent", th["underutilized_percent"]), ("fb_headroom", rightsize.FB_HEADROOM),
+                       ("fb_full_percent", rightsize.FB_FULL_PERCENT), ("fb_tight_percent", rightsize.FB_TIGHT_PERCENT)):
+        th[k] = float(getattr(thresholds, k, default))
     con = con or store.connect()
     sa = samples.aggregate(store, window.start, window.end, threads=threads)
     metrics = utilization.gpu_metrics(sa)
@@ -63,6 +68,10 @@ def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | Non
     info = gmap.select("gpu", "vcenter_uuid", "vm_moref", "vm_name", "host_name", "cluster_name", "backing",
                        "vgpu_profile", "host_pci_id").unique(subset=["gpu"], keep="first")
     gpus = gpus.join(info, on="gpu", how="left")
+    act_rows, fb_hist = activity.read(store, window.start, window.end)
+    act = activity.gpu_activity(act_rows)
+    gpus = activity.judge_hollow(gpus, act, activity.activity_sources(con),
+                                 underutilized_percent=th["underutilized_percent"], hollow_percent=th["hollow_percent"])
     heat = utilization.heatmap(sa, gpus)
     table = profiles.load()
     pw = power.power(con, window, gpus)
@@ -73,6 +82,11 @@ def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | Non
     the_plan = consolidation.plan(pg, ten, caps, table, target_util_percent=th["target_util_percent"],
                                   stun=actions.stun_history(vm_res),
                                   window={"start": window.start.isoformat(), "end": window.end.isoformat()})
+    sugg = rightsize.suggest(ten, pg, table, activity.fb_high_water(fb_hist), activity.fb_high_water(fb_hist, 0.5),
+                             act, headroom=th["fb_headroom"], full_percent=th["fb_full_percent"],
+                             tight_percent=th["fb_tight_percent"])
+    rightsize.add_to_plan(the_plan, sugg, ten, pg)
+    gpus = rightsize.per_gpu(gpus, sugg)
     generated = now or dt.datetime.now(dt.UTC)
     alignment = numa.numa_alignment(con)
     from accelmon.analytics import findings

@@ -122,6 +122,8 @@ class Plan:
     candidates: list[dict[str, Any]] = field(default_factory=list)
     # final placement: gpu_id -> [(tenant, profile)]
     placement: dict[str, list[tuple[Tenant, Profile | None]]] = field(default_factory=dict)
+    # right-size suggestions (analytics/rightsize.py): vGPU ones also have a change-vgpu-profile step
+    rightsize: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -140,6 +142,7 @@ class Plan:
             "target_util_percent": self.target_util_percent,
             "reason": self.reason,
             "candidates": self.candidates,
+            "rightsize": self.rightsize,
         }
 
 

@@ -27,7 +27,8 @@ def evidence(d: dict[str, Any]) -> str:
 
 EVIDENCE_FIELDS = ("mean_util_percent", "p95_util_percent", "idle_ratio", "coverage_ratio", "covered_hours",
                    "gap_hours", "missing_hours", "presence_seconds", "presence_source", "samples", "method", "source",
-                   "allocated_idle_hours", "idle_energy_joules", "mig_mode", "vm_name", "host_name")
+                   "allocated_idle_hours", "idle_energy_joules", "mig_mode", "vm_name", "host_name",
+                   "effective_util_percent", "p95_sm_active_percent", "activity_method", "activity_covered_hours")
 
 
 def _iso(ms: int | None) -> str | None:
@@ -58,6 +59,9 @@ def rows(
         if r["status"] == "underutilized":
             fix = "consolidate onto a shared GPU (see the plan) or release the GPU"
             value = r["mean_util_percent"]
+        elif r["status"] == "hollow":  # analytics/activity.py: busy on time, SMs mostly empty
+            fix = "busy but mostly empty: consider a MIG slice or a smaller vGPU profile (see the plan's rightsize)"
+            value = r["effective_util_percent"]
         elif r["status"] == "mig_unreported":
             fix = ("read per-instance activity from DCGM profiling metrics (DCGM_FI_PROF_GR_ENGINE_ACTIVE) "
                    "or judge the MIG instances' own ids")

@@ -28,6 +28,7 @@ from dashboards.queries import (
     VM_SEL,
     busy_share,
     m,
+    sm_active_share,
     state_allocated_idle,
     state_busy,
     state_down,
@@ -183,6 +184,12 @@ def fleet() -> Dashboard:
         (state_busy(), "busy"), (state_idle(), "idle"), (state_allocated_idle(), "allocated but idle"),
         (state_down(), "down"),
     ), desc="Busy / idle / allocated-but-idle / down, over 5-minute windows.", stack=True, fill=60), 12, 8)
+    L.add(table("Hollow GPUs (analytics)",
+                f"{sm_active_share('1h')} and on(gpu_uuid) ({m('accelmon_gpu_hollow')} == 1)",
+                "GPUs the latest analytics run found hollow: busy on time (≥ the underutilized threshold) but "
+                "SMs mostly idle (effective utilization < thresholds.hollow_percent). Value: SM-active share over "
+                "the last hour. Consider a MIG slice or a smaller vGPU profile (the report's right-sizing).",
+                rename={"Value": "SM-active share (1h)"}, unit="percentunit"), 24, 6)
     L.add(table("Least busy GPUs (last hour)",
                 f"bottomk(15, {busy_share('1h')} * on(vm_uuid) group_left(host, cluster) "
                 f"max by (vm_uuid, host, cluster) ({PLACEMENT}))",
@@ -210,6 +217,12 @@ def gpu_detail() -> Dashboard:
         (m("accelmon_gpu_utilization_ratio"), "{{vm_name}} {{gpu_uuid}} GPU"),
         (m("accelmon_gpu_memory_utilization_ratio"), "{{vm_name}} {{gpu_uuid}} memory"),
     ), "percentunit"), 12, 8)
+    L.add(series("Time utilization vs SM active", targets(
+        (busy_share("$__rate_interval"), "{{vm_name}} {{gpu_uuid}} time (a kernel ran)"),
+        (sm_active_share("$__rate_interval"), "{{vm_name}} {{gpu_uuid}} SM active (effective)"),
+    ), "percentunit", "Time utilization is the share of time any kernel ran (NVML/DCGM GPU_UTIL); SM active is "
+        "the share of SMs busy (NVML GPM SM_UTIL / DCGM_FI_PROF_SM_ACTIVE). High time with low SM activity: a "
+        "hollow GPU. GPUs or vGPU guests that cannot report SM activity show only the time line."), 12, 8)
     L.add(series("Framebuffer", targets(
         (m("accelmon_gpu_fb_used_bytes"), "{{vm_name}} {{gpu_uuid}} used"),
         (m("accelmon_gpu_fb_total_bytes"), "{{vm_name}} {{gpu_uuid}} total"),

@@ -70,3 +70,16 @@ def state_down() -> str:
 def zero_if_none(expr: str) -> str:
     """Counts of nothing are 0, not "no data"."""
     return f"{expr} or vector(0)"
+
+
+def sm_active_share(window: str, sel: str = GPU_SEL) -> str:
+    """Per GPU, effective utilization over the window: the share of covered time the SMs were active
+    (docs/analytics.md, "Effective utilization"): agent data integrate SM-active = Σ dt·f (NVML GPM
+    SM_UTIL), so rate(SM-active) ÷ (rate(busy) + rate(idle)); sources without counters (dcgm-exporter's
+    DCGM_FI_PROF_SM_ACTIVE, stored as the SM-active gauge) fall back to the gauge's mean. GPUs that
+    cannot report SM activity have no series: no value, never 0."""
+    sm = f"rate({m('accelmon_gpu_sm_active_seconds_total', sel)}[{window}])"
+    busy = f"rate({m('accelmon_gpu_busy_seconds_total', sel)}[{window}])"
+    idle = f"rate({m('accelmon_gpu_idle_seconds_total', sel)}[{window}])"
+    gauge = f"avg_over_time({m('accelmon_gpu_sm_active_ratio', sel)}[{window}])"
+    return f"({sm} / ({busy} + {idle}) or {gauge})"

@@ -103,6 +103,17 @@ class GpuCollector(Collector):
                     labels=GPU_LABELS),
             "under": G("accelmon_gpu_underutilized",
                        "1 when the latest analytics run found the GPU underutilized, else 0.", labels=GPU_LABELS),
+            # effective utilization (docs/analytics.md): only GPUs whose source reports activity, never zeros
+            "sm": C("accelmon_gpu_sm_active_seconds", "SM-active time: Σ dt·SM-active fraction (NVML GPM SM_UTIL).",
+                    labels=GPU_LABELS),
+            "tensor": C("accelmon_gpu_tensor_active_seconds", "Tensor-pipe active time: Σ dt·fraction (GPM).",
+                        labels=GPU_LABELS),
+            "dram": C("accelmon_gpu_dram_active_seconds", "DRAM-active time: Σ dt·fraction (GPM).", labels=GPU_LABELS),
+            "smr": G("accelmon_gpu_sm_active_ratio", "SM activity over the last period, 0-1 (GPM SM_UTIL / "
+                     "DCGM_FI_PROF_SM_ACTIVE).", labels=GPU_LABELS),
+            "occ": G("accelmon_gpu_sm_occupancy_ratio", "SM occupancy over the last period, 0-1.", labels=GPU_LABELS),
+            "hollow": G("accelmon_gpu_hollow", "1 when the latest analytics run found the GPU hollow (busy on time, "
+                        "SMs mostly idle), else 0.", labels=GPU_LABELS),
         }
         info = G("accelmon_gpu_info",
                  "Identity of a GPU: source, model, VM device backing and vGPU profile, and the evidence that matched "
@@ -115,6 +126,7 @@ class GpuCollector(Collector):
         nvrx = C("accelmon_gpu_nvlink_rx_bytes", "NVLink data bytes received, per link.", labels=[*GPU_LABELS, "link"])
 
         under = {f["subject"] for f in s.findings if f.get("kind") == "underutilized"}
+        hollow = {f["subject"] for f in s.findings if f.get("kind") == "hollow"}
         models: dict[str, str] = {}
         for a in s.agents.values():
             for g in a.gpus:
@@ -125,9 +137,12 @@ class GpuCollector(Collector):
             ("mutil", "mem_util_percent", 0.01), ("fbu", "fb_used_bytes", 1), ("fbt", "fb_total_bytes", 1),
             ("tx", "pcie_tx_bytes_total", 1), ("rx", "pcie_rx_bytes_total", 1),
             ("pw", "power_milliwatts", 0.001), ("en", "energy_millijoules_total", 0.001),
+            ("sm", "sm_active_ms_total", 0.001), ("tensor", "tensor_active_ms_total", 0.001),
+            ("dram", "dram_active_ms_total", 0.001), ("smr", "sm_active_percent", 0.01),
+            ("occ", "sm_occupancy_percent", 0.01),
         )
         adds = [(fam[k].add, col, scale) for k, col, scale in per_gpu]
-        add_ts, add_under = fam["ts"].add, fam["under"].add
+        add_ts, add_under, add_hollow = fam["ts"].add, fam["under"].add, fam["hollow"].add
         for uuid in sorted(s.gpus):
             r = s.gpus[uuid]
             j = s.joins.get(uuid)
@@ -140,6 +155,7 @@ class GpuCollector(Collector):
                     add(lv, v * scale if scale != 1 else v, lstr)
             add_ts(lv, r["ts"], lstr)
             add_under(lv, 1.0 if uuid in under else 0.0, lstr)
+            add_hollow(lv, 1.0 if uuid in hollow else 0.0, lstr)
             dev = j.device if j else None
             vm = j.vm if j else None
             info.add(

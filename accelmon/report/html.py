@@ -98,6 +98,7 @@ def render(a: Analysis, doc: dict[str, Any]) -> str:
         card(f'{s["plan_frees_gpus"]} GPUs / {s["plan_frees_hosts"]} hosts', "the plan frees"),
         card(num(s["plan_kwh_month_saved"], "{:,.0f}"), "kWh/month saved (hosts the plan empties)"),
         card(str(s["numa_misaligned_vms"]), "NUMA-misaligned VMs"),
+        card(str(s.get("hollow", 0)), f"hollow (busy, SMs < {th.get('hollow_percent', 15):g} % active)"),
     ]) + "</div>")
     # changes
     ch = a.changes
@@ -139,6 +140,7 @@ def render(a: Analysis, doc: dict[str, Any]) -> str:
           num(r["idle_hours"]), num(r["allocated_idle_hours"]), num(r["idle_energy_kwh"], "{:.2f}"), presence(r),
           num(pct(r["coverage_ratio"]), "{:.0f} %")] for r in top.to_dicts()],
         numeric={4, 5, 6, 7, 8, 9, 11}) if top.height else '<p class="sub">None.</p>')
+    parts.append(effective_section(doc, th))
     # NUMA
     parts.append("<h2>NUMA-misaligned VMs</h2>")
     parts.append(table(["VM", "host", "GPUs (host node)", "affinity", "why", "fix"], [
@@ -225,6 +227,44 @@ def render(a: Analysis, doc: dict[str, Any]) -> str:
             f"<body><main>{head}{''.join(parts)}"
             "<p class='sub muted'>Definitions: docs/analytics.md. Data: findings.json / findings.csv beside this file."
             "</p></main></body></html>")
+
+
+def _eff(r: dict[str, Any]) -> str:
+    if r.get("effective_util_percent") is not None:
+        return num(r["effective_util_percent"])
+    return '<span class="muted">time-only</span>' if r.get("time_only") else "–"
+
+
+def effective_section(doc: dict[str, Any], th: dict[str, float]) -> str:
+    """Time utilization beside effective (SM-active) utilization, the hollow GPUs, right-sizing."""
+    rows = [r for r in doc["gpus"] if r.get("status") in ("ok", "underutilized", "hollow")]
+    out = ["<h2>Time vs effective utilization</h2><p class='sub'>Time utilization: share of time a kernel ran "
+           "(NVML/DCGM GPU_UTIL). Effective: time-weighted share of SMs active (NVML GPM SM_UTIL / DCGM "
+           "PROF_SM_ACTIVE); <i>time-only</i> where the GPU or a vGPU guest cannot report it (never 0).</p>"]
+    out.append(table(["GPU", "VM", "status", "time %", "effective %", "p95 SM %", "tensor %", "DRAM %",
+                      "occupancy %"],
+                     [[f"<code>{esc(r['gpu'])}</code>", esc(r.get("vm_name")), esc(r["status"]),
+                       num(r.get("mean_util_percent")), _eff(r), num(r.get("p95_sm_active_percent"), "{:.0f}"),
+                       num(r.get("tensor_active_percent")), num(r.get("dram_active_percent")),
+                       num(r.get("sm_occupancy_percent"))] for r in rows[:80]],
+                     numeric={3, 4, 5, 6, 7, 8}) if rows else '<p class="sub">No judged GPUs.</p>')
+    hollow = [r for r in doc["gpus"] if r.get("status") == "hollow"]
+    out.append(f"<h2>Hollow GPUs</h2><p class='sub'>Busy ≥ {th['underutilized_percent']:g} % of the time but SMs "
+               f"active &lt; {th.get('hollow_percent', 15):g} %: kernels keep the GPU busy on a small part of it. "
+               "Consider a MIG slice or a smaller vGPU profile.</p>")
+    out.append(table(["GPU", "VM", "host", "time %", "effective %", "framebuffer peak", "right-size"], [
+        [f"<code>{esc(r['gpu'])}</code>", esc(r.get("vm_name")), esc(r.get("host_name")),
+         num(r.get("mean_util_percent")), num(r.get("effective_util_percent")),
+         num((r.get("fb_max_bytes") or 0) / 2**30 if r.get("fb_max_bytes") is not None else None, "{:.1f} GiB"),
+         esc(f"{r['rightsize']['from']} → {r['rightsize']['to']}") if r.get("rightsize") else "–"]
+        for r in hollow[:50]], numeric={3, 4, 5}) if hollow else '<p class="sub ok">No hollow GPUs.</p>')
+    rs = doc.get("consolidation", {}).get("rightsize") or []
+    if rs:
+        out.append("<h2>Right-sizing</h2>" + table(["VM", "from", "to", "why", "step / how"], [
+            [esc(r["vm_name"]), esc(r["from_profile"]), esc(r["to_profile"]), esc(r["reason"]),
+             esc(f"plan step {r['step']}" if r.get("step") else (r.get("words") or r.get("note") or ""))]
+            for r in rs[:80]]))
+    return "".join(out)
 
 
 def _cell_ms(a: Analysis) -> int:

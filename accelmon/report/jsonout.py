@@ -20,6 +20,10 @@ GPU_FIELDS = [
     "allocated_idle_hours", "energy_joules", "idle_energy_joules", "energy_kwh", "idle_energy_kwh",
     "mean_power_watts", "idle_power_watts", "fb_max_bytes", "fb_total_bytes", "vm_bios_uuid", "vcenter_uuid",
     "vm_moref", "vm_name", "host_name", "cluster_name", "backing", "vgpu_profile", "first_sample", "last_sample",
+    # effective utilization (analytics/activity.py) and right-sizing (analytics/rightsize.py)
+    "effective_util_percent", "p95_sm_active_percent", "sm_occupancy_percent", "tensor_active_percent",
+    "dram_active_percent", "activity_method", "activity_series_source", "activity_source", "activity_covered_hours",
+    "hollow", "time_only", "rightsize",
 ]
 
 
@@ -56,6 +60,10 @@ def summary(a: Analysis) -> dict[str, Any]:
     insuff = g.filter(pl.col("status") == "insufficient_data").height
     mig = g.filter(pl.col("status") == "mig_unreported").height
     judged = g.filter(pl.col("underutilized").is_not_null()).height
+    hollow = g.filter(pl.col("status") == "hollow").height if "status" in g.columns else 0
+    eff_h = (g["effective_util_percent"] * g["activity_covered_hours"]).sum() if "activity_covered_hours" in g.columns \
+        else None
+    act_h = g["activity_covered_hours"].sum() if "activity_covered_hours" in g.columns else None
     covered = float(g["covered_hours"].sum()) if n else 0.0
     return clean({
         "gpus": n,
@@ -63,6 +71,11 @@ def summary(a: Analysis) -> dict[str, Any]:
         "insufficient_data": insuff,
         "mig_unreported": mig,
         "underutilized_share": under / judged if judged else None,
+        "hollow": hollow,
+        "time_only": int(g["time_only"].sum()) if "time_only" in g.columns and n else 0,
+        # fleet effective utilization: Σ SM-active ÷ Σ covered over the GPUs that report it (NULL: none does)
+        "effective_util_percent": float(eff_h) / float(act_h) if act_h else None,
+        "rightsize_suggestions": len(a.plan.rightsize),
         # fleet mean, time-weighted like every utilization figure: Σ busy / Σ covered (NULL when nothing covered)
         "mean_util_percent": 100.0 * float(g["busy_hours"].sum()) / covered if covered > 0 else None,
         "idle_gpu_hours": float(g["idle_hours"].sum()) if n else 0.0,

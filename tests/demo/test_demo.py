@@ -38,7 +38,8 @@ NUMA_MISALIGNED_IDLE_VM = "gpu-dev-00000"  # seeded estate: idle passthrough A10
 BUSY_VM = "gpu-train-00020"  # seeded estate: two passthrough H100s training all week
 # Nothing is down in the demo: these queries rightly return nothing (a stat's "or vector(0)"
 # fallback shows 0); they are still run, so they must parse and execute.
-NOTHING_WHEN_HEALTHY = {("GPUs down", "A"), ("Agents down", "A"), ("GPUs by state", "D"), ("Agents up / down", "B")}
+NOTHING_WHEN_HEALTHY = {("GPUs down", "A"), ("Agents down", "A"), ("GPUs by state", "D"), ("Agents up / down", "B"),
+                        ("Hollow GPUs (analytics)", "A")}  # no hollow GPU in the demo estate
 
 
 @dataclass
