@@ -40,6 +40,10 @@ BUSY_VM = "gpu-train-00020"  # seeded estate: two passthrough H100s training all
 # fallback shows 0); they are still run, so they must parse and execute.
 NOTHING_WHEN_HEALTHY = {("GPUs down", "A"), ("Agents down", "A"), ("GPUs by state", "D"), ("Agents up / down", "B"),
                         ("Hollow GPUs (analytics)", "A")}  # no hollow GPU in the demo estate
+# series only a dcgm-exporter source feeds (DCGM_FI_PROF_SM_ACTIVE as a gauge); the agent's GPM gives counters
+ONLY_FROM_DCGM = {"accelmon_gpu_sm_active_ratio"}
+# effective utilization exists only where the hardware reports SM activity (GPM: Hopper+), never as 0
+SM_ACTIVE_PANEL = ("Time utilization vs SM active", "B")
 
 
 @dataclass
@@ -242,6 +246,7 @@ def test_every_metric_in_dashboards_and_rules_is_on_live_metrics(demo: Demo) -> 
         if not missing or time.monotonic() > deadline:
             break
         time.sleep(2)
+    missing -= ONLY_FROM_DCGM  # the demo scrapes agents, not dcgm-exporter
     assert not missing, f"named in dashboards/rules but not on /metrics: {sorted(missing)}"
 
 
@@ -279,7 +284,7 @@ def _no_data(prom: PrometheusServer, checks: list[tuple[Query, str]], timeout_s:
 def test_every_dashboard_panel_returns_data_in_live_prometheus(demo: Demo, tmp_path: Path) -> None:
     target = demo.state["metrics_url"].removeprefix("http://").removesuffix("/metrics")
     with PrometheusServer([target], scrape_interval="1s", workdir=tmp_path / "prom", job="accelmon") as prom:
-        prom.wait_for("accelmon_gpu_busy_seconds_total", lambda r: len(r) >= 7, timeout_s=30)
+        prom.wait_for("accelmon_gpu_busy_seconds_total", lambda r: len(r) >= 7, timeout_s=90)
         time.sleep(6)  # a few scrapes, so rate() windows have two points
         checks: list[tuple[Query, str]] = []
         skipped = 0
@@ -309,6 +314,10 @@ def test_every_dashboard_panel_returns_data_in_live_prometheus(demo: Demo, tmp_p
         assert "|" not in variables["gpu"]  # one passthrough A100 in that VM
         gpu_checks = [(q, substitute(q.expr, variables, range_="1h", rate_interval="30s"))
                       for q in queries() if q.dashboard == "accelmon-gpu"]
+        # that VM's GPU is an A100 (no GPM): its SM-active line must be absent, not 0
+        sm_active = [e for q, e in gpu_checks if (q.panel, q.ref) == SM_ACTIVE_PANEL]
+        assert sm_active and all(prom.query(e) == [] for e in sm_active)
+        gpu_checks = [(q, e) for q, e in gpu_checks if (q.panel, q.ref) != SM_ACTIVE_PANEL]
         failed = _no_data(prom, gpu_checks, 10)
         assert not failed, "GPU detail panels without data for one VM:\n" + "\n".join(failed)
         placement_q = next(e for q, e in gpu_checks if q.panel.startswith("GPU, VM, host"))
