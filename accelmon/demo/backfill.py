@@ -5,7 +5,8 @@ replays the same traces the agents run (same spec files, so the same GPU UUIDs, 
 workloads) over the past ``days`` and writes what an agent would have produced through the
 store's normal append path: one ``gpu_sample`` row per GPU per minute (``source =
 "simulation"``) with busy/idle millisecond counters integrated from six trace readings per
-minute, framebuffer, power and energy and PCIe counters (passthrough only: a vGPU guest has
+minute (busy = dt·v/100 per reading, NVML's definition), SM/tensor/DRAM activity counters for
+GPUs with GPM (the simulated GPM's model), framebuffer, power and energy and PCIe counters (passthrough only: a vGPU guest has
 none), plus the vCenter side: per-VM and per-host power at 5-minute intervals from a simple
 model (a base load plus the GPUs' board power). It is a demo: the numbers come from the
 simulation, not from any GPU, and the demo says so.
@@ -22,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from accelmon.demo.estate import AgentPlan
+from accelmon.sim.gpm import activity_at
 from accelmon.sim.nvml import SimNVML
 from accelmon.store.schema import TS
 from accelmon.store.writer import Store
@@ -56,14 +58,26 @@ def _gpu_rows(gpu: Any, bios_uuid: str, start: float, end: float,
     ends = start + STEP_S * (np.arange(n) + 1)
     trace = gpu.trace
     util = np.empty((n, len(_OFFSETS)))
+    # SM active, occupancy, tensor, DRAM (percent) where the GPU has GPM (Hopper+, not a vGPU guest):
+    # the simulated GPM's own model (accelmon.sim.gpm.activity_at), read at the same instants
+    gpm = gpu.spec.gpm_supported and gpu.mode != "vgpu"
+    act = np.empty((n, len(_OFFSETS), 4)) if gpm else None
     day = int(86400 // STEP_S)
     for i in range(n):
         t0 = ends[i] - STEP_S
-        util[i] = [trace.util(t0 + o) for o in _OFFSETS]
+        if act is not None:
+            for j, o in enumerate(_OFFSETS):
+                u, *a = activity_at(trace, t0 + o)
+                util[i, j] = u
+                act[i, j] = a
+        else:
+            util[i] = [trace.util(t0 + o) for o in _OFFSETS]
         if tick is not None and (i + 1) % day == 0:
             tick()
-    busy_frac = (util > 0).mean(axis=1)
+    # NVML: a reading v is the share of its period in which a kernel ran, so busy = dt·v/100
+    # (docs/agent.md); each reading stands for 10 s of the minute
     util_mean = util.mean(axis=1)
+    busy_frac = util_mean / 100.0
     fb_total = int(gpu.fb_bytes)
     fb_used = np.empty(n, dtype=np.int64)
     for i in range(n):
@@ -85,6 +99,11 @@ def _gpu_rows(gpu: Any, bios_uuid: str, start: float, end: float,
         "fb_used_bytes": pa.array(fb_used),
         "fb_total_bytes": pa.array(np.full(n, fb_total, dtype=np.int64)),
     }
+    if act is not None:  # the agent's GPM counters: Σ dt·fraction, ms (and occupancy as a gauge)
+        means = act.mean(axis=1) / 100.0
+        for k, col in ((0, "sm_active_ms_total"), (2, "tensor_active_ms_total"), (3, "dram_active_ms_total")):
+            cols[col] = pa.array(np.cumsum(np.round(means[:, k] * STEP_S * 1000)).astype(np.int64))
+        cols["sm_occupancy_percent"] = pa.array((means[:, 1] * 100.0).astype(np.float32))
     if gpu.mode != "vgpu":  # a vGPU guest reads no power, energy or PCIe counters
         moved = util_mean / 100.0 * m.pcie_bytes_per_s * STEP_S
         cols["pcie_tx_bytes_total"] = pa.array(np.cumsum(moved * 0.4).astype(np.int64))

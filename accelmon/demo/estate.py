@@ -9,7 +9,8 @@ a utilization trace picked from the VM's workload:
 workload       trace
 =============  ===========================================================
 training       ``busy_training``: 90-100 % with checkpoint dips
-inference      ``bursty_inference``: request bursts, busier by day
+inference      ``bursty_inference`` (bursts in most windows): request bursts, busier by day,
+               mean ≈ 24 %
 light          a notebook: two or three short sessions a day, idle (often
                with the kernel still holding memory) the rest; a one-day CSV
                trace in the ``import-trace`` format, looped
@@ -50,7 +51,9 @@ def _trace(workload: str) -> Any:
     if workload == "training" or workload == "batch":
         return "busy_training"
     if workload == "inference":
-        return "bursty_inference"
+        # a production endpoint: bursts in most 10 s windows, busier by day; a week's mean near 24 %,
+        # well clear of the 15 % threshold so the verdict never depends on when the demo starts
+        return {"generator": "bursty_inference", "base_busy": 0.5, "day_busy": 0.4}
     if workload == "light":
         return NOTEBOOK
     if workload == "serving":
@@ -157,7 +160,9 @@ def plan_agents(manifest: dict[str, Any]) -> list[AgentPlan]:
                                gpus=gpus, seed=seed, vm=vm, numa=vm.get("numa", {}).get("status", "")))
     plans.append(AgentPlan(
         name=UNJOINED_HOSTNAME, vm_bios_uuid=UNJOINED_BIOS_UUID, workload="inference", seed=99,
-        gpus=[{"model": "L4", "mode": "passthrough", "trace": "bursty_inference", "numa_node": 0}],
+        # a lab workstation's occasional experiments: a week's mean near 6 %, clearly under the threshold
+        gpus=[{"model": "L4", "mode": "passthrough", "numa_node": 0,
+               "trace": {"generator": "bursty_inference", "base_busy": 0.05, "day_busy": 0.15}}],
     ))
     return plans
 

@@ -99,10 +99,12 @@ class BurstyInference:
     peak: float = 85.0
     memory: float = 0.45
     name: str = "bursty_inference"
+    base_busy: float = 0.15  # chance that a window holds a burst, at the quietest hour
+    day_busy: float = 0.45  # added at the busiest hour (a sine over the day)
 
     def busy_probability(self, t: float) -> float:
         day = (t % 86400.0) / 86400.0
-        return 0.15 + 0.45 * (1 + math.sin(2 * math.pi * (day - 0.3))) / 2
+        return min(1.0, self.base_busy + self.day_busy * (1 + math.sin(2 * math.pi * (day - 0.3))) / 2)
 
     def util(self, t: float) -> float:
         w = math.floor(t / self.window_s)
