@@ -68,7 +68,7 @@ def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | Non
     info = gmap.select("gpu", "vcenter_uuid", "vm_moref", "vm_name", "host_name", "cluster_name", "backing",
                        "vgpu_profile", "host_pci_id").unique(subset=["gpu"], keep="first")
     gpus = gpus.join(info, on="gpu", how="left")
-    act_rows, fb_hist = activity.read(store, window.start, window.end)
+    act_rows, fb_hist = activity.read(store, window.start, window.end, con)
     act = activity.gpu_activity(act_rows)
     gpus = activity.judge_hollow(gpus, act, activity.activity_sources(con),
                                  underutilized_percent=th["underutilized_percent"], hollow_percent=th["hollow_percent"])
