@@ -225,6 +225,30 @@ def test_the_report_plans_a_legal_consolidation(demo: Demo) -> None:
     assert "the plan frees" in demo.state["report_summary"]
 
 
+def test_plan_powercli_on_the_demo_store(demo: Demo, tmp_path: Path) -> None:
+    """`accelmon plan --format powercli` on the demo's own store: every line is a comment or one
+    of the vocabulary's cmdlet lines, and every VM and host it names is in the demo's inventory."""
+    import re
+
+    from accelmon.analytics import actions
+
+    out = tmp_path / "plan.ps1"
+    r = subprocess.run([_accelmon(), "--data-dir", str(demo.data_dir), "plan", "--format", "powercli",
+                        "--out", str(out)], env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    estate = json.loads((demo.data_dir / "demo" / "estate.json").read_text())
+    names = {v["name"] for v in estate["vms"]} | {h["name"] for h in estate["hosts"]}
+    cmdlets = tuple(cmd for _, cmd in actions.VOCABULARY.values())
+    text = out.read_text()
+    assert text.startswith("#") and "executes nothing" in text
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert lines, text
+    for ln in lines:
+        assert ln.startswith(cmdlets), ln
+        named = re.findall(r"Get-VM(?:Host)? -Name '((?:[^']|'')*)'", ln)
+        assert named and all(n.replace("''", "'") in names for n in named), ln
+
+
 def _metric_names_used() -> set[str]:
     names = {n for q in queries() for n in metric_names(q.expr)}
     for d in dashboards().values():
