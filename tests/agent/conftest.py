@@ -13,11 +13,14 @@ import pytest
 from accelmon.collector.agent.agent import Agent
 from accelmon.collector.agent.identity import VmIdentity, swap_uuid_bytes
 from accelmon.collector.agent.metrics import make_registry, render
+from accelmon.collector.agent.server import AgentHTTPServer
+from accelmon.collector.agent_source import AgentSource
 from prometheus_client.parser import text_string_to_metric_families
 
 from accelmon.sim.clock import ManualClock
 from accelmon.sim.nvml import SimNVML
 from accelmon.sim.spec import load_spec, parse_spec
+from accelmon.store.writer import Store
 
 VM_UUID = "42023081-331b-58e1-2730-ca560789e551"
 T0 = 1_700_000_000.0
@@ -140,3 +143,16 @@ def run_polls(agent: Agent, clock: ManualClock, n: int, step: float) -> None:
     for _ in range(n):
         clock.advance(step)
         agent.poll_once()
+
+
+def scrape_into_store(agent: Agent, data_dir: Any) -> Store:
+    """Serve ``agent`` over HTTP once and collect it with the daemon's AgentSource into a new store."""
+    srv = AgentHTTPServer(agent, "127.0.0.1:0")
+    srv.serve_in_thread()
+    try:
+        store = Store(data_dir)
+        AgentSource(srv.url, timeout=5).collect(store)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    return store

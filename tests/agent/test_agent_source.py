@@ -13,7 +13,7 @@ from accelmon.collector.base import Source
 from accelmon.sim.clock import ManualClock
 from accelmon.store.writer import Store
 
-from .conftest import VM_UUID, agent_of, by_gpu, metrics_text, run_polls, sim_of
+from .conftest import VM_UUID, agent_of, by_gpu, metrics_text, run_polls, scrape_into_store, sim_of
 
 
 @pytest.fixture
@@ -181,14 +181,7 @@ def test_mig_mode_from_nvml_and_unreported_utilization_is_null(tmp_path: Path) -
     agent = agent_of(sim, clock)
     run_polls(agent, clock, 5, 1.0)
     assert sim.calls["nvmlDeviceGetMigMode"] >= 3  # read from the real call, per GPU
-    srv = AgentHTTPServer(agent, "127.0.0.1:0")
-    srv.serve_in_thread()
-    try:
-        store = Store(tmp_path / "data")
-        AgentSource(srv.url, timeout=5).collect(store)
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    store = scrape_into_store(agent, tmp_path / "data")
     con = store.connect()
     modes = dict(con.execute("select gpu_uuid, mig_mode from agent_gpu").fetchall())
     g = sim.gpus

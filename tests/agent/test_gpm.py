@@ -16,7 +16,7 @@ from pynvml import NVMLError
 
 from accelmon.sim.gpm import activity_mean
 
-from .conftest import T0, agent_of, by_gpu, metrics_text, run_polls, series, sim_of
+from .conftest import T0, agent_of, by_gpu, metrics_text, run_polls, scrape_into_store, series, sim_of
 
 ACTIVITY = ("accelmon_gpu_sm_active_seconds_total", "accelmon_gpu_tensor_active_seconds_total",
             "accelmon_gpu_dram_active_seconds_total", "accelmon_gpu_sm_occupancy_ratio")
@@ -243,24 +243,13 @@ def test_gpu_lost_mid_sample_is_down_and_counters_continue_without_the_outage(cl
 def test_agent_source_stores_activity_counters_and_source(tmp_path) -> None:
     import time
 
-    from accelmon.collector.agent.server import AgentHTTPServer
-    from accelmon.collector.agent_source import AgentSource
-
     from accelmon.sim.clock import ManualClock
-    from accelmon.store.writer import Store
 
     clock = ManualClock(time.time() - 60)
     sim = sim_of({"gpu": [{"model": "H100", "trace": "trickle"}, {"model": "A100", "trace": "matmul"}]}, clock)
     agent = agent_of(sim, clock)
     run_polls(agent, clock, 20, 1.0)
-    srv = AgentHTTPServer(agent, "127.0.0.1:0")
-    srv.serve_in_thread()
-    try:
-        store = Store(tmp_path / "data")
-        AgentSource(srv.url, timeout=5).collect(store)
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    store = scrape_into_store(agent, tmp_path / "data")
     text = metrics_text(agent)
     con = store.connect()
     rows = {r[0]: r[1:] for r in con.execute(
