@@ -43,7 +43,7 @@ class Table:
     partition_ts: str
     # sort order applied on compaction (makes deltas small and dictionaries run-length encode)
     sort_by: tuple[str, ...]
-    kind: str = "sample"  # sample | event | inventory | finding
+    kind: str = "sample"  # sample | event | inventory | finding | rollup
     delta_columns: tuple[str, ...] = field(default=())
 
     @property
@@ -397,6 +397,61 @@ AGENT_GPU = _register(
         partition_ts="ts",
         sort_by=("vm_bios_uuid", "gpu_uuid", "ts"),
         kind="inventory",
+    )
+)
+
+VM_OWNER = _register(
+    Table(
+        name="vm_owner",
+        doc="Who owns a GPU VM (docs/owners.md): resolved per VM from vSphere tags, custom attributes, "
+        "the folder / resource pool / cluster it inherits from, or the mapping file. Written when it "
+        "changes (history: the row valid at time t is the latest with snapshot_ts <= t).",
+        columns=(
+            _SNAP,
+            _VC,
+            C("vm_moref", _STR, "VM moref", False),
+            C("vm_name", _STR, "VM name at that time"),
+            C("owner", _STR, "owner (person or handle); NULL = unowned"),
+            C("team", _STR, "team; NULL = unknown"),
+            C("cost_center", _STR, "cost center; NULL = unknown"),
+            C("email", _STR, "where owner notices go; NULL = nobody to tell"),
+            C("owner_source", _STR,
+              "where the owner came from: tag | attribute | folder | resource_pool | cluster | mapping (NULL: unowned)"),
+            C("folder_path", _STR, "inventory folder path of the VM, e.g. /dc1/vm/ml-team"),
+            C("resource_pool", _STR, "resource pool path of the VM"),
+        ),
+        partition_ts="snapshot_ts",
+        sort_by=("vcenter_uuid", "vm_moref", "snapshot_ts"),
+        kind="inventory",
+    )
+)
+
+GPU_ROLLUP_HOUR = _register(
+    Table(
+        name="gpu_rollup_hour",
+        doc="Hourly per-GPU rollup of gpu_sample (docs/store.md 'Rollups'): the counters' increase() "
+        "within [hour_start, hour_start+1h), so sums over hours equal the raw window's figures. One row "
+        "per (gpu_uuid, source, hour_start); re-running an hour replaces it.",
+        columns=(
+            C("hour_start", TS, "start of the UTC hour", False),
+            C("gpu_uuid", _STR, "GPU UUID", False),
+            C("source", _STR, "gpu_sample.source", False),
+            C("vm_bios_uuid", _STR, "last vm_bios_uuid seen in the hour"),
+            C("busy_s", _F64, "busy seconds in the hour (Σ dt·v/100)"),
+            C("idle_s", _F64, "idle seconds in the hour"),
+            C("covered_s", _F64, "observed seconds in the hour (busy + idle; gaps excluded)"),
+            C("samples", _I32, "gpu_sample rows in the hour"),
+            C("fb_used_max_bytes", _I64, "max framebuffer in use"),
+            C("fb_total_bytes", _I64, "framebuffer size"),
+            C("energy_j", _F64, "energy in the hour, J (NULL: not reported)"),
+            C("sm_active_s", _F64, "SM-active seconds (NULL: no activity source)"),
+            C("tensor_active_s", _F64, "tensor-active seconds (NULL: no activity source)"),
+            C("dram_active_s", _F64, "DRAM-active seconds (NULL: no activity source)"),
+            C("activity_covered_s", _F64, "seconds covered by activity readings (NULL: none)"),
+        ),
+        partition_ts="hour_start",
+        sort_by=("gpu_uuid", "source", "hour_start"),
+        kind="rollup",
     )
 )
 
