@@ -186,7 +186,13 @@ class PrometheusServer:
             if pred(res):
                 return res
             time.sleep(0.5)
-        raise PrometheusError(f"timed out waiting for {expr}: last result {res}; log: {self.log_tail(500)}")
+        try:  # why: a target that is down or too slow for scrape_timeout is the usual cause
+            targets = "; ".join(f"{t.get('scrapeUrl')} {t.get('health')} {t.get('lastError') or ''}".strip()
+                                for t in self.targets_health())
+        except (OSError, ValueError, KeyError, PrometheusError) as e:
+            targets = f"(targets unavailable: {e})"
+        raise PrometheusError(f"timed out waiting for {expr}: last result {res}; targets: {targets}; "
+                              f"log: {self.log_tail(500)}")
 
 
 def create_blocks_from_openmetrics(text: str, data_dir: str | os.PathLike[str]) -> None:

@@ -125,7 +125,87 @@ def _families(text: str) -> dict[str, list[Any]]:
     return out
 
 
+def _label_values(prom: PrometheusServer, query: str, variables: dict[str, str]) -> list[str]:
+    inner, label = query.removeprefix("label_values(").removesuffix(")").rsplit(",", 1)
+    res = prom.query(f"group by ({label.strip()}) ({substitute(inner, variables)})")
+    return sorted({r["metric"].get(label.strip(), "") for r in res} - {""})
+
+
+def _resolve(prom: PrometheusServer, dash: dict[str, Any], pick: dict[str, str] | None = None) -> dict[str, str]:
+    """Grafana's order: each variable's query with the earlier ones substituted; "All" = every value."""
+    values: dict[str, str] = {"datasource": "Prometheus"}
+    for v in dash["templating"]["list"]:
+        if v["type"] != "query":
+            continue
+        got = _label_values(prom, v["query"], values)
+        assert got, f"variable ${v['name']} has no values: {v['query']}"
+        chosen = [pick[v["name"]]] if pick and v["name"] in pick else got
+        assert set(chosen) <= set(got), (v["name"], chosen, got)
+        values[v["name"]] = regex_of(chosen)
+    return values
+
+
+def _no_data(prom: PrometheusServer, checks: list[tuple[Query, str]], timeout_s: float) -> list[str]:
+    """The checks whose query still returns nothing after ``timeout_s`` (retried together)."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(checks)
+    while True:
+        pending = [(q, e) for q, e in pending if not prom.query(e)]
+        if not pending or time.monotonic() > deadline:
+            return [f"{q.dashboard} / {q.panel} [{q.ref}]: {e}" for q, e in pending]
+        time.sleep(1)
+
+
+
 # ----------------------------------------------------------------------------- while it runs
+def test_every_dashboard_panel_returns_data_in_live_prometheus(demo: Demo, tmp_path: Path) -> None:
+    assert demo.proc.poll() is None, (
+        f"the demo ended (rc={demo.proc.returncode}) {time.monotonic() - demo.ready_at:.0f} s after it was ready, "
+        "before this live check ran")
+    target = demo.state["metrics_url"].removeprefix("http://").removesuffix("/metrics")
+    with PrometheusServer([target], scrape_interval="2s", workdir=tmp_path / "prom", job="accelmon") as prom:
+        prom.wait_for("accelmon_gpu_busy_seconds_total", lambda r: len(r) >= 7, timeout_s=90)
+        time.sleep(8)  # a few scrapes, so rate() windows have two points
+        checks: list[tuple[Query, str]] = []
+        skipped = 0
+        for name, dash in dashboards().items():
+            variables = _resolve(prom, dash)
+            for q in queries():
+                if q.dashboard != name:
+                    continue
+                expr = substitute(q.expr, variables, range_="1h", rate_interval="30s")
+                if (q.panel, q.ref) in NOTHING_WHEN_HEALTHY:
+                    prom.query(expr.removesuffix(" or vector(0)"))  # runs without error
+                    if not expr.endswith(" or vector(0)"):
+                        skipped += 1
+                        continue
+                checks.append((q, expr))
+                if expr.endswith(" or vector(0)") and (q.panel, q.ref) not in NOTHING_WHEN_HEALTHY:
+                    checks.append((q, expr.removesuffix(" or vector(0)")))  # the real answer, not the fallback
+        assert len({(q.dashboard, q.panel, q.ref) for q, _ in checks}) + skipped == len(queries()) > 40
+        failed = _no_data(prom, checks, 30)
+        assert not failed, "panels without data:\n" + "\n".join(failed)
+
+        # a concrete selection, as a person would click it: one VM, its cluster and host
+        place = prom.query(f'accelmon_vm_placement_info{{vm_name="{NUMA_MISALIGNED_IDLE_VM}"}}')[0]["metric"]
+        dash = dashboards()["accelmon-gpu"]
+        variables = _resolve(prom, dash, {"vcenter": place["vcenter"], "cluster": place["cluster"],
+                                          "host": place["host"], "vm": NUMA_MISALIGNED_IDLE_VM})
+        assert "|" not in variables["gpu"]  # one passthrough A100 in that VM
+        gpu_checks = [(q, substitute(q.expr, variables, range_="1h", rate_interval="30s"))
+                      for q in queries() if q.dashboard == "accelmon-gpu"]
+        # that VM's GPU is an A100 (no GPM): its SM-active line must be absent, not 0
+        sm_active = [e for q, e in gpu_checks if (q.panel, q.ref) == SM_ACTIVE_PANEL]
+        assert sm_active and all(prom.query(e) == [] for e in sm_active)
+        gpu_checks = [(q, e) for q, e in gpu_checks if (q.panel, q.ref) != SM_ACTIVE_PANEL]
+        failed = _no_data(prom, gpu_checks, 10)
+        assert not failed, "GPU detail panels without data for one VM:\n" + "\n".join(failed)
+        placement_q = next(e for q, e in gpu_checks if q.panel.startswith("GPU, VM, host"))
+        row = prom.query(placement_q)[0]["metric"]
+        assert row["vm_name"] == NUMA_MISALIGNED_IDLE_VM and row["host"] == place["host"]
+        assert row["backing"] == "passthrough" and row["host_numa_node"] == "1"
+
+
 def test_metrics_serve_joined_gpu_and_vm_series(demo: Demo) -> None:
     deadline = time.monotonic() + 40  # the daemon's first vCenter perf poll (20 s interval) brings VM power
     while "accelmon_vm_power_watts" not in (fam := _families(demo.metrics())) and time.monotonic() < deadline:
@@ -163,6 +243,34 @@ def test_findings_of_the_report_reach_metrics(demo: Demo) -> None:
     under = {s.labels["vm_name"]: s.value for s in fam["accelmon_gpu_underutilized"] if s.labels["vm_name"]}
     assert under[NUMA_MISALIGNED_IDLE_VM] == 1  # idle all week
     assert under[BUSY_VM] == 0  # busy all week
+
+
+def _metric_names_used() -> set[str]:
+    names = {n for q in queries() for n in metric_names(q.expr)}
+    for d in dashboards().values():
+        for v in d["templating"]["list"]:
+            if v["type"] == "query":
+                names |= metric_names(v["query"].removeprefix("label_values(").rsplit(",", 1)[0])
+    rules = yaml.safe_load(RULES.read_text())
+    names |= {n for g in rules["groups"] for r in g["rules"] for n in metric_names(r["expr"])}
+    return names - EXTERNAL_METRICS - {"node_filesystem_avail_bytes", "node_filesystem_size_bytes"}
+
+
+def test_every_metric_in_dashboards_and_rules_is_on_live_metrics(demo: Demo) -> None:
+    assert demo.proc.poll() is None, (
+        f"the demo ended (rc={demo.proc.returncode}) {time.monotonic() - demo.ready_at:.0f} s after it was ready, "
+        "before this live check ran")
+    wanted = _metric_names_used()
+    assert len(wanted) > 25
+    deadline = time.monotonic() + 40  # vMotion series appear once the first live vMotion is seen
+    while True:
+        have = set(_families(demo.metrics()))
+        missing = wanted - have
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    missing -= ONLY_FROM_DCGM  # the demo scrapes agents, not dcgm-exporter
+    assert not missing, f"named in dashboards/rules but not on /metrics: {sorted(missing)}"
 
 
 def test_the_report_plans_a_legal_consolidation(demo: Demo) -> None:
@@ -247,107 +355,6 @@ def test_plan_powercli_on_the_demo_store(demo: Demo, tmp_path: Path) -> None:
         assert ln.startswith(cmdlets), ln
         named = re.findall(r"Get-VM(?:Host)? -Name '((?:[^']|'')*)'", ln)
         assert named and all(n.replace("''", "'") in names for n in named), ln
-
-
-def _metric_names_used() -> set[str]:
-    names = {n for q in queries() for n in metric_names(q.expr)}
-    for d in dashboards().values():
-        for v in d["templating"]["list"]:
-            if v["type"] == "query":
-                names |= metric_names(v["query"].removeprefix("label_values(").rsplit(",", 1)[0])
-    rules = yaml.safe_load(RULES.read_text())
-    names |= {n for g in rules["groups"] for r in g["rules"] for n in metric_names(r["expr"])}
-    return names - EXTERNAL_METRICS - {"node_filesystem_avail_bytes", "node_filesystem_size_bytes"}
-
-
-def test_every_metric_in_dashboards_and_rules_is_on_live_metrics(demo: Demo) -> None:
-    wanted = _metric_names_used()
-    assert len(wanted) > 25
-    deadline = time.monotonic() + 40  # vMotion series appear once the first live vMotion is seen
-    while True:
-        have = set(_families(demo.metrics()))
-        missing = wanted - have
-        if not missing or time.monotonic() > deadline:
-            break
-        time.sleep(2)
-    missing -= ONLY_FROM_DCGM  # the demo scrapes agents, not dcgm-exporter
-    assert not missing, f"named in dashboards/rules but not on /metrics: {sorted(missing)}"
-
-
-def _label_values(prom: PrometheusServer, query: str, variables: dict[str, str]) -> list[str]:
-    inner, label = query.removeprefix("label_values(").removesuffix(")").rsplit(",", 1)
-    res = prom.query(f"group by ({label.strip()}) ({substitute(inner, variables)})")
-    return sorted({r["metric"].get(label.strip(), "") for r in res} - {""})
-
-
-def _resolve(prom: PrometheusServer, dash: dict[str, Any], pick: dict[str, str] | None = None) -> dict[str, str]:
-    """Grafana's order: each variable's query with the earlier ones substituted; "All" = every value."""
-    values: dict[str, str] = {"datasource": "Prometheus"}
-    for v in dash["templating"]["list"]:
-        if v["type"] != "query":
-            continue
-        got = _label_values(prom, v["query"], values)
-        assert got, f"variable ${v['name']} has no values: {v['query']}"
-        chosen = [pick[v["name"]]] if pick and v["name"] in pick else got
-        assert set(chosen) <= set(got), (v["name"], chosen, got)
-        values[v["name"]] = regex_of(chosen)
-    return values
-
-
-def _no_data(prom: PrometheusServer, checks: list[tuple[Query, str]], timeout_s: float) -> list[str]:
-    """The checks whose query still returns nothing after ``timeout_s`` (retried together)."""
-    deadline = time.monotonic() + timeout_s
-    pending = list(checks)
-    while True:
-        pending = [(q, e) for q, e in pending if not prom.query(e)]
-        if not pending or time.monotonic() > deadline:
-            return [f"{q.dashboard} / {q.panel} [{q.ref}]: {e}" for q, e in pending]
-        time.sleep(1)
-
-
-def test_every_dashboard_panel_returns_data_in_live_prometheus(demo: Demo, tmp_path: Path) -> None:
-    target = demo.state["metrics_url"].removeprefix("http://").removesuffix("/metrics")
-    with PrometheusServer([target], scrape_interval="1s", workdir=tmp_path / "prom", job="accelmon") as prom:
-        prom.wait_for("accelmon_gpu_busy_seconds_total", lambda r: len(r) >= 7, timeout_s=90)
-        time.sleep(6)  # a few scrapes, so rate() windows have two points
-        checks: list[tuple[Query, str]] = []
-        skipped = 0
-        for name, dash in dashboards().items():
-            variables = _resolve(prom, dash)
-            for q in queries():
-                if q.dashboard != name:
-                    continue
-                expr = substitute(q.expr, variables, range_="1h", rate_interval="30s")
-                if (q.panel, q.ref) in NOTHING_WHEN_HEALTHY:
-                    prom.query(expr.removesuffix(" or vector(0)"))  # runs without error
-                    if not expr.endswith(" or vector(0)"):
-                        skipped += 1
-                        continue
-                checks.append((q, expr))
-                if expr.endswith(" or vector(0)") and (q.panel, q.ref) not in NOTHING_WHEN_HEALTHY:
-                    checks.append((q, expr.removesuffix(" or vector(0)")))  # the real answer, not the fallback
-        assert len({(q.dashboard, q.panel, q.ref) for q, _ in checks}) + skipped == len(queries()) > 40
-        failed = _no_data(prom, checks, 30)
-        assert not failed, "panels without data:\n" + "\n".join(failed)
-
-        # a concrete selection, as a person would click it: one VM, its cluster and host
-        place = prom.query(f'accelmon_vm_placement_info{{vm_name="{NUMA_MISALIGNED_IDLE_VM}"}}')[0]["metric"]
-        dash = dashboards()["accelmon-gpu"]
-        variables = _resolve(prom, dash, {"vcenter": place["vcenter"], "cluster": place["cluster"],
-                                          "host": place["host"], "vm": NUMA_MISALIGNED_IDLE_VM})
-        assert "|" not in variables["gpu"]  # one passthrough A100 in that VM
-        gpu_checks = [(q, substitute(q.expr, variables, range_="1h", rate_interval="30s"))
-                      for q in queries() if q.dashboard == "accelmon-gpu"]
-        # that VM's GPU is an A100 (no GPM): its SM-active line must be absent, not 0
-        sm_active = [e for q, e in gpu_checks if (q.panel, q.ref) == SM_ACTIVE_PANEL]
-        assert sm_active and all(prom.query(e) == [] for e in sm_active)
-        gpu_checks = [(q, e) for q, e in gpu_checks if (q.panel, q.ref) != SM_ACTIVE_PANEL]
-        failed = _no_data(prom, gpu_checks, 10)
-        assert not failed, "GPU detail panels without data for one VM:\n" + "\n".join(failed)
-        placement_q = next(e for q, e in gpu_checks if q.panel.startswith("GPU, VM, host"))
-        row = prom.query(placement_q)[0]["metric"]
-        assert row["vm_name"] == NUMA_MISALIGNED_IDLE_VM and row["host"] == place["host"]
-        assert row["backing"] == "passthrough" and row["host_numa_node"] == "1"
 
 
 # ----------------------------------------------------------------------------- after it ends
