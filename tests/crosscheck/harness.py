@@ -110,10 +110,11 @@ def iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat()
 
 
-def report_json(data_dir: Path, t_from: float, t_to: float, out: Path) -> dict[str, Any]:
-    """``accelmon report --json`` over ``data_dir`` as a separate process."""
-    r = subprocess.run([*CLI, "--data-dir", str(data_dir), "report", "--json", "--from", iso(t_from), "--to", iso(t_to),
-                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+def report_json(data_dir: Path, t_from: float, t_to: float, out: Path, config: Path | None = None) -> dict[str, Any]:
+    """``accelmon report --json`` over ``data_dir`` as a separate process (``--config`` if given)."""
+    cfg = ["--config", str(config)] if config is not None else []
+    r = subprocess.run([*CLI, *cfg, "--data-dir", str(data_dir), "report", "--json", "--from", iso(t_from),
+                        "--to", iso(t_to), "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     doc: dict[str, Any] = json.loads(r.stdout)
     return doc
