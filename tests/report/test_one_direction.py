@@ -170,7 +170,7 @@ def test_exporter_plan_gauges_come_from_the_store_not_the_report_files(store: St
 def test_plan_verb_stores_its_run_and_the_script_is_its_rows(store: Store, tmp_path: Path) -> None:
     out = tmp_path / "plan.ps1"
     assert run_plan(store, _cfg(), fmt="powercli", out=out, since="all") == 0
-    text = out.read_text()
+    text = out.read_bytes().decode("utf-8")  # as written: CRLF line ends
     m = re.search(r"^# Generated .* run (\S+)\r$", text, re.M)
     assert m is not None
     steps = _rows(store, "SELECT step, powercli FROM plan_action WHERE run_id = ? ORDER BY step", [m.group(1)])
