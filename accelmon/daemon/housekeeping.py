@@ -1,4 +1,5 @@
-"""Store jobs the daemon schedules: flush, compaction (+gc), retention (+gc), findings refresh,
+"""Store jobs the daemon schedules: flush, compaction (+gc), retention (+gc), findings refresh (from the
+store's latest analytics run: findings + plan_action),
 and the start-up load of the latest inventory so joins and discovery work before vCenter answers."""
 
 from __future__ import annotations
@@ -6,13 +7,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 import time
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from accelmon.analytics.actions import POWER_OFF_HOST
 from accelmon.config import Config
 from accelmon.daemon import vmotion_history
 from accelmon.daemon.buffer import WriteBuffer
@@ -96,44 +96,44 @@ def retention(store: Store, cfg: Config, state: DaemonState, now: float | None =
     return dropped
 
 
-def reports_dir(store: Store, cfg: Config) -> Path:
-    """Where the daily report writes its run directories (as accelmon.report.cli.reports_root,
-    without importing the report stack into the daemon)."""
-    return Path(cfg.report.out_dir) if cfg.report.out_dir else store.root / "reports"
-
-
-def refresh_findings(store: Store, state: DaemonState, reports: Path | None = None) -> int:
-    """Re-read ``latest_findings`` (the findings gauges) and the latest consolidation plan; the
-    plan's report JSON is looked for under ``reports`` and the data dir."""
+def refresh_findings(store: Store, state: DaemonState) -> int:
+    """Re-read the latest analytics run from the store: ``latest_findings`` (the findings gauges) and
+    that run's ``plan_action`` rows (the consolidation plan gauges). Reads the store only, never a
+    report file (docs/daemon.md, "One direction")."""
     con = store.connect(threads=1)
     try:
         rows = con.execute(
             "SELECT kind, subject, vcenter_uuid, value, reason, evidence_json, run_id, "
             "epoch_ms(generated_at) AS generated_ms FROM latest_findings"
         ).fetchall()
+        steps = con.execute(
+            "SELECT action, saves_watts, frees_gpus FROM plan_action WHERE run_id = ? ORDER BY step",
+            [str(rows[0][6])]).fetchall() if rows else []
     finally:
         con.close()
     keys = ("kind", "subject", "vcenter_uuid", "value", "reason", "evidence_json", "run_id", "generated_ms")
     found = [dict(zip(keys, r, strict=True)) for r in rows]
-    roots = [p for p in dict.fromkeys([reports, store.root]) if p is not None]
-    state.set_findings(found, plan_summary(found, roots, state.plan))
+    plan_steps = [dict(zip(("action", "saves_watts", "frees_gpus"), r, strict=True)) for r in steps]
+    state.set_findings(found, plan_summary(found, plan_steps))
     return len(found)
 
 
-def plan_summary(rows: list[dict[str, Any]], reports: list[Path],
-                 previous: PlanSummary | None = None) -> PlanSummary | None:
-    """The consolidation plan of the latest run: moves and freed GPUs from its
-    ``consolidation_move`` findings (the planner moves workloads only off GPUs it empties, so
-    the moves' distinct source GPUs are the freed ones); freed hosts, saved watts and freed
-    GPUs without a measured idle power from that run's report JSON (``consolidation``; see
-    :func:`_report_plan`) when one with the same ``run_id`` is found — otherwise those stay
-    unknown (not exported), never guessed."""
+def plan_summary(rows: list[dict[str, Any]], steps: list[dict[str, Any]]) -> PlanSummary | None:
+    """The consolidation plan of the latest run, from the store alone (analytics/persist.py):
+
+    * moves and freed GPUs from its ``consolidation_move`` findings (the planner moves workloads
+      only off GPUs it empties, so the moves' distinct source GPUs are the freed ones);
+    * emptied hosts, saved watts and freed GPUs without a known host power from its
+      ``plan_action`` rows: one ``power-off-host`` step per emptied host, ``saves_watts`` NULL
+      where that host's power is unknown (ARCHITECTURE.md: "Savings = power of hosts the plan
+      empties"; capacity freed elsewhere is not watts).
+
+    A run with moves but no ``plan_action`` rows (stored before that table existed) leaves those
+    three unknown (not exported), never 0."""
     if not rows:
         return None
     run_id = str(rows[0]["run_id"])
     generated = float(rows[0]["generated_ms"]) / 1000.0
-    if previous is not None and previous.run_id == run_id and previous.watts_saved is not None:
-        return previous  # the report JSON of this run was read already
     moves = [r for r in rows if r["kind"] == "consolidation_move"]
     sources: set[str] = set()
     for r in moves:
@@ -142,52 +142,14 @@ def plan_summary(rows: list[dict[str, Any]], reports: list[Path],
         except (ValueError, AttributeError):
             src = None
         sources.add(str(src) if src else f"{r.get('vcenter_uuid')}/{r['subject']}")
-    plan = PlanSummary(generated_at=generated, run_id=run_id, moves=len(moves), freed_gpus=len(sources))
-    doc = _report_plan(reports, generated, run_id) if reports else None
-    if doc is None:
-        return plan
-    try:
-        return PlanSummary(
-            generated_at=generated, run_id=run_id, moves=len(doc["moves"]), freed_gpus=len(doc["freed_gpus"]),
-            freed_hosts=len(doc["freed_hosts"]), watts_saved=float(doc["watts_saved"]),
-            unmeasured_freed_gpus=int(doc.get("unmeasured_freed_gpus") or 0),
-        )
-    except (KeyError, TypeError, ValueError):
-        log.warning("report JSON of analytics run %s: unexpected consolidation section; using the findings only",
-                    run_id)
-        return plan
-
-
-_RUN_ID_RE = re.compile(r'"run_id"\s*:\s*"([^"]*)"')
-
-
-def _report_plan(roots: list[Path], generated: float, run_id: str) -> dict[str, Any] | None:
-    """The ``consolidation`` section of the report JSON of run ``run_id``: first where the daily
-    report names it (``<reports>/<UTC time of the run>/findings.json``; the stored time has ms
-    precision, so that second and the one before), then any ``*/findings.json`` one level below
-    the given roots (``accelmon report --out <data dir>/<name>``, as the demo does), recognised by
-    the ``run_id`` at the top of the file (read in full only on a match)."""
-    named = [roots[0] / dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y%m%dT%H%M%SZ") / "findings.json"
-             for t in (generated, generated - 0.001)] if roots else []
-    others: list[Path] = []
-    for root in roots:
-        try:
-            others += sorted(root.glob("*/findings.json"))[-100:]
-        except OSError:
-            continue
-    for path in dict.fromkeys([*named, *others]):
-        try:
-            with open(path, encoding="utf-8") as f:
-                m = _RUN_ID_RE.search(f.read(4096))
-                if m is None or m.group(1) != run_id:
-                    continue
-                f.seek(0)
-                doc = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if isinstance(doc, dict) and doc.get("run_id") == run_id and isinstance(doc.get("consolidation"), dict):
-            return doc["consolidation"]  # type: ignore[no-any-return]
-    return None
+    if moves and not steps:
+        return PlanSummary(generated_at=generated, run_id=run_id, moves=len(moves), freed_gpus=len(sources))
+    off = [s for s in steps if s["action"] == POWER_OFF_HOST]
+    return PlanSummary(
+        generated_at=generated, run_id=run_id, moves=len(moves), freed_gpus=len(sources), freed_hosts=len(off),
+        watts_saved=float(sum(s["saves_watts"] for s in off if s["saves_watts"] is not None)),
+        unmeasured_freed_gpus=int(sum(s["frees_gpus"] or 0 for s in off if s["saves_watts"] is None)),
+    )
 
 
 _LATEST = {

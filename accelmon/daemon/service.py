@@ -63,7 +63,6 @@ class Daemon:
         store.gc_grace_seconds = cfg.retention.gc_grace
         self.state = DaemonState(stale_after_s=max(3 * cfg.agents.scrape_interval, 30.0))
         self.state.data_dir = str(store.root)
-        self.reports_dir = housekeeping.reports_dir(store, cfg)
         self.buffer = WriteBuffer(
             store, on_flushed=self._on_flushed, on_error=self._on_store_error, on_dropped=self._on_dropped,
             on_invalid=self._on_invalid,
@@ -242,7 +241,7 @@ class Daemon:
                                next_run_time=now + timedelta(seconds=30), misfire_grace_time=None, **hk)
         def findings() -> None:
             state.prune(time.time())
-            housekeeping.refresh_findings(store, state, self.reports_dir)
+            housekeeping.refresh_findings(store, state)
 
         self.scheduler.add_job(self._job("findings", findings),
                                "interval", seconds=cfg.intervals.findings, id="findings",
@@ -263,7 +262,7 @@ class Daemon:
 
                         def report() -> None:
                             fn(*args, **kwargs)
-                            housekeeping.refresh_findings(store, state, self.reports_dir)
+                            housekeeping.refresh_findings(store, state)
 
                         job.modify(func=self._job("report", report), args=(), kwargs={},
                                    executor="housekeeping")
@@ -300,7 +299,7 @@ class Daemon:
             log.warning("could not load the vMotion history from the store; its counters start at 0: %s",
                         summarize(e))
         try:
-            housekeeping.refresh_findings(self.store, self.state, self.reports_dir)
+            housekeeping.refresh_findings(self.store, self.state)
         except Exception as e:  # noqa: BLE001
             log.debug("findings not loaded: %s", summarize(e))
         self.build_static_sources()

@@ -1,8 +1,12 @@
 """The daemon's in-memory state: what /metrics shows, updated from each poll's rows.
 
 Sources hand back the rows they wrote (``CollectResult.tables``, or row dicts for sources
-whose rows the write buffer batches); :meth:`DaemonState.apply` folds them in, so a scrape never reads the store. Findings are the exception: they are
-re-read from the store's ``latest_findings`` view by a job (they change once a day).
+whose rows the write buffer batches); :meth:`DaemonState.apply` folds them in, so a scrape never
+reads the store. The latest analytics run is the exception: its findings and plan are re-read from
+the store (``latest_findings``, ``plan_action``) by a job (they change once a day).
+
+The exporter reads this state only through :class:`accelmon.exporter.view.StateView`; the records
+a snapshot carries live beside that interface (``accelmon/exporter/view.py``, ``health.py``).
 
 All methods are thread-safe (one lock; updates are short). Readers take a consistent
 :meth:`snapshot` and render from it without holding the lock.
@@ -13,13 +17,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
 
 from accelmon.collector.discovery import AgentRecord, GpuJoin, VmRecord, join_agents, normalize_bios_uuid
+from accelmon.exporter.health import JobHealth, SourceHealth, StoreHealth
+from accelmon.exporter.view import Histogram, PlanSummary, Snapshot, VmMigrations, VmPower
 
 # which source wins when several report the same GPU (lower = preferred)
 SOURCE_PRIORITY = {"agent": 0, "dcgm": 1, "nvidia_gpu_exporter": 2, "prometheus": 3, "simulation": 4, "import": 5}
@@ -37,6 +42,9 @@ def _rows(t: Rows | None) -> list[dict[str, Any]]:
     return list(t)
 
 
+STUN_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
+
+
 def _ts(v: Any) -> float:
     """Arrow timestamps arrive as datetime; keep seconds since the epoch."""
     if v is None:
@@ -46,127 +54,9 @@ def _ts(v: Any) -> float:
     return float(v.timestamp())
 
 
-@dataclass
-class SourceHealth:
-    kind: str
-    target: str
-    interval_s: float
-    success: bool | None = None  # None until the first poll
-    last_duration_s: float = 0.0
-    last_success_ts: float = 0.0
-    polls_total: int = 0
-    errors_total: int = 0
-    object_errors_total: int = 0
-    consecutive_failures: int = 0
-    failing_since: float = 0.0
-    last_error: str = ""
-    error_kind: str = ""  # the failing poll's error kind ("auth", "unavailable", "tls"…; "" when none)
-
-
-@dataclass
-class JobHealth:
-    name: str
-    success: bool | None = None
-    last_duration_s: float = 0.0
-    last_success_ts: float = 0.0
-    runs_total: int = 0
-    errors_total: int = 0
-
-
-@dataclass
-class StoreHealth:
-    writable: bool = True
-    last_error_kind: str = ""
-    write_errors_total: dict[str, int] = field(default_factory=dict)  # by reason
-    rows_written_total: dict[str, int] = field(default_factory=dict)  # by table (durable)
-    rows_dropped_total: int = 0
-    rows_buffered: int = 0
-    last_flush_ts: float = 0.0
-    compactions_total: int = 0
-    partitions_dropped_total: int = 0
-    generations_removed_total: int = 0
-    compaction_errors_total: dict[str, int] = field(default_factory=dict)  # by table
-
-
-@dataclass
-class Histogram:
-    buckets: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    n: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.counts:
-            self.counts = [0] * len(self.buckets)
-
-    def observe(self, v: float) -> None:
-        for i, b in enumerate(self.buckets):
-            if v <= b:
-                self.counts[i] += 1
-        self.total += v
-        self.n += 1
-
-
-STUN_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
-
-
-@dataclass
-class VmPower:
-    ts: float
-    power_watts: float | None
-    energy_joules_total: float
-
-
-@dataclass
-class VmMigrations:
-    succeeded_total: int = 0
-    failed_total: int = 0
-    stun_seconds_total: float = 0.0
-    last_stun_seconds: float | None = None
-    last_stun_ended_at: float = 0.0  # end time of the vMotion last_stun_seconds belongs to
-
-
-@dataclass(frozen=True)
-class PlanSummary:
-    """The consolidation plan of the latest analytics run (see housekeeping.plan_summary)."""
-
-    generated_at: float
-    run_id: str
-    moves: int
-    freed_gpus: int
-    freed_hosts: int | None = None  # None: not known (the run's report JSON was not found)
-    watts_saved: float | None = None
-    unmeasured_freed_gpus: int | None = None
-
-
-@dataclass
-class Snapshot:
-    """A consistent, read-only view for one scrape."""
-
-    now: float
-    gpus: dict[str, dict[str, Any]]  # gpu_uuid -> chosen latest gpu_sample row (fresh ones only)
-    nvlink: dict[tuple[str, int], tuple[int | None, int | None]]
-    joins: dict[str, GpuJoin]  # gpu_uuid -> join
-    agents: dict[str, AgentRecord]
-    agent_joined: dict[str, VmRecord | None]
-    vms: dict[tuple[str, str], VmRecord]
-    vcenter_names: dict[str, str]
-    hosts: dict[tuple[str, str], dict[str, Any]]
-    vm_power: dict[tuple[str, str], VmPower]
-    host_power: dict[tuple[str, str], VmPower]
-    migrations: dict[tuple[str, str], VmMigrations]
-    stun_hist: dict[tuple[str, str], Histogram]
-    findings: list[dict[str, Any]]
-    sources: list[SourceHealth]
-    jobs: list[JobHealth]
-    store: StoreHealth
-    samples_written: dict[tuple[str, str], int]
-    version: int
-    data_dir: str | None = None
-    plan: PlanSummary | None = None
-
-
 class DaemonState:
+    """Implements :class:`accelmon.exporter.view.StateView` (``started``, :meth:`snapshot`)."""
+
     def __init__(self, *, stale_after_s: float = 60.0) -> None:
         self._lock = threading.RLock()
         self.stale_after_s = stale_after_s

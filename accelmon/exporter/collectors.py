@@ -23,8 +23,8 @@ from prometheus_client.registry import Collector
 
 from accelmon import __version__
 from accelmon.collector.discovery import GpuJoin, VmRecord
-from accelmon.daemon.state import DaemonState, PlanSummary, Snapshot
 from accelmon.exporter.family import FastFamily, label_string
+from accelmon.exporter.view import PlanSummary, Snapshot, StateView
 
 GPU_LABELS = ("gpu_uuid", "vm_name", "vm_uuid", "vcenter")
 VM_LABELS = ("vcenter", "vm_uuid", "vm_name")
@@ -77,7 +77,7 @@ def _reason_code(f: dict[str, Any]) -> str:
 
 
 class GpuCollector(Collector):
-    def __init__(self, state: DaemonState, snap: Callable[[], Snapshot]) -> None:
+    def __init__(self, state: StateView, snap: Callable[[], Snapshot]) -> None:
         self.state = state
         self._snap = snap
 

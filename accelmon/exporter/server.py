@@ -27,9 +27,9 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import Metric
 
 from accelmon.config import ExporterConfig
-from accelmon.daemon.state import DaemonState, Snapshot
 from accelmon.exporter.collectors import GpuCollector, SelfCollector, VmCollector
 from accelmon.exporter.family import FastFamily, fmt_value
+from accelmon.exporter.view import Snapshot, StateView
 from accelmon.httpserver import HardenedHandler, HardenedHTTPServer, ServerLimits
 from accelmon.webconfig import WebConfigSource
 
@@ -41,7 +41,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class SnapshotProvider:
     """One state snapshot per scrape, shared by all collectors of that scrape."""
 
-    def __init__(self, state: DaemonState) -> None:
+    def __init__(self, state: StateView) -> None:
         self.state = state
         self._local = threading.local()
 
@@ -121,7 +121,7 @@ class Renderer:
 
 
 class MetricsApp:
-    def __init__(self, state: DaemonState, cfg: ExporterConfig, *, process_metrics: bool = True) -> None:
+    def __init__(self, state: StateView, cfg: ExporterConfig, *, process_metrics: bool = True) -> None:
         self.cfg = cfg
         self.provider = SnapshotProvider(state)
         self.registry = CollectorRegistry(auto_describe=False)

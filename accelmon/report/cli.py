@@ -1,4 +1,7 @@
-"""``accelmon report``: analyse a window, write report.html / findings.csv / findings.json.
+"""``accelmon report``: analyse a window and store the run, then write report.html / findings.csv / findings.json.
+
+One direction (docs/report.md): :func:`accelmon.analytics.persist.run` analyses and stores the
+run's findings and plan; :func:`render` only reads the resulting analysis.
 
 Output directory: ``--out DIR`` as given; else ``<report.out_dir or data-dir/reports>/<UTC time>/``,
 and then only the newest ``report.keep`` timestamped report directories are kept there.
@@ -18,10 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from accelmon.analytics import findings as findings_mod
-from accelmon.analytics.analyze import Analysis, analyze
-from accelmon.analytics.samples import data_range
-from accelmon.analytics.window import resolve_window
+from accelmon.analytics import persist
+from accelmon.analytics.analyze import Analysis
 from accelmon.errors import UserError
 from accelmon.report import html, jsonout
 from accelmon.store.writer import Store
@@ -83,41 +84,51 @@ def prune(root: Path, keep: int) -> list[Path]:
     return gone
 
 
+def render(a: Analysis, out: Path) -> dict[str, Any]:
+    """Write report.html, findings.csv and findings.json of analysis ``a`` into ``out``; returns the JSON
+    document. A renderer: it reads the analysis and writes only these files (the run's findings and
+    plan are stored by analytics/persist.py, never here)."""
+    doc = jsonout.build(a)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        page = html.render(a, doc)
+        _write_atomic(out / "report.html", page)
+        _write_atomic(out / "findings.csv", findings_csv(persist.findings_rows(a)))
+        _write_atomic(out / "findings.json", json.dumps(doc, indent=1, default=str) + "\n")
+    except OSError as e:
+        raise UserError(f"{out}: cannot write the report: {e.strerror or e}") from None
+    return doc
+
+
+def run_dir(store: Store, cfg: Any, a: Analysis) -> Path:
+    """The timestamped directory of a run's report under the reports root."""
+    return reports_root(store, cfg) / a.generated_at.strftime("%Y%m%dT%H%M%SZ")
+
+
+def write_report(store: Store, cfg: Any, a: Analysis, *, out_dir: Path | None = None) -> tuple[dict[str, Any], Path]:
+    """Render ``a`` into ``out_dir``, or into its timestamped run directory, then keep only the newest
+    ``report.keep`` of those."""
+    out = Path(out_dir) if out_dir is not None else run_dir(store, cfg, a)
+    doc = render(a, out)
+    if out_dir is None:
+        prune(out.parent, int(cfg.report.keep))
+    return doc, out
+
+
 def generate(store: Store, cfg: Any, *, since: str | None = None, from_: dt.datetime | None = None,
              to: dt.datetime | None = None, out_dir: Path | None = None, now: dt.datetime | None = None,
              log: Any = None) -> tuple[Analysis, dict[str, Any], Path]:
-    """Analyse, write the three files, store the findings; returns (analysis, json doc, out dir)."""
+    """Analyse and store the run (analytics/persist.py), then render it; returns (analysis, json doc, out dir)."""
     t0 = time.monotonic()
 
     def say(msg: str) -> None:
         if log:
             log(f"report: {msg} ({time.monotonic() - t0:.1f}s)")
 
-    first, last = data_range(store)
-    window = resolve_window(since=since, from_=from_, to=to, default_seconds=float(cfg.thresholds.window),
-                            data_first=first, data_last=last, now=now)
-    say(f"window {window.start:%Y-%m-%d %H:%M} – {window.end:%Y-%m-%d %H:%M} UTC")
-    con = store.connect()
-    a = analyze(store, cfg.thresholds, window, con=con, now=now)
-    say(f"analysed {a.stats['rows']:,} samples of {a.gpus.height} GPUs")
-    doc = jsonout.build(a)
-    rows = findings_mod.rows(run_id=a.run_id, generated_at=a.generated_at, window=window, gpus=a.gpus,
-                             numa=a.numa, vmotion_flagged=a.vmotion["flagged"], plan=a.plan,
-                             thresholds=a.thresholds, numa_unknown=a.numa_unknown)
-    auto = out_dir is None
-    out = Path(out_dir) if out_dir is not None else reports_root(store, cfg) / a.generated_at.strftime("%Y%m%dT%H%M%SZ")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        page = html.render(a, doc)
-        say("rendered charts")
-        _write_atomic(out / "report.html", page)
-        _write_atomic(out / "findings.csv", findings_csv(rows))
-        _write_atomic(out / "findings.json", json.dumps(doc, indent=1, default=str) + "\n")
-    except OSError as e:
-        raise UserError(f"{out}: cannot write the report: {e.strerror or e}") from None
-    store.append("findings", rows)
-    if auto:
-        prune(out.parent, int(cfg.report.keep))
+    a = persist.run(store, cfg.thresholds, since=since, from_=from_, to=to, now=now)
+    say(f"window {a.window.start:%Y-%m-%d %H:%M} – {a.window.end:%Y-%m-%d %H:%M} UTC")
+    say(f"analysed and stored {a.stats['rows']:,} samples of {a.gpus.height} GPUs (run {a.run_id})")
+    doc, out = write_report(store, cfg, a, out_dir=out_dir)
     say(f"wrote {out}")
     return a, doc, out
 

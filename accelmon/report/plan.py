@@ -1,7 +1,7 @@
 """The consolidation plan on its own: ``accelmon plan --format json|powercli``, and its report section.
 
 The plan comes from the same analysis ``accelmon report`` runs (never read back from a report
-file). The PowerCLI script is for a person to read, review and run step by step: a header
+file); the run, plan steps included, is stored by analytics/persist.py (``plan_action``). The PowerCLI script is for a person to read, review and run step by step: a header
 comment (when, from which window, "review before running; accelmon executes nothing"), then per
 step a comment in words with its preconditions, API call, evidence and risk, and one PowerCLI
 line using the inventory's VM and host names as PowerShell single-quoted literals. accelmon
@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from accelmon import __version__
+from accelmon.analytics import persist
 from accelmon.analytics.actions import comment
-from accelmon.analytics.analyze import Analysis, analyze
-from accelmon.analytics.samples import data_range
-from accelmon.analytics.window import resolve_window
+from accelmon.analytics.analyze import Analysis
 from accelmon.errors import UserError
 from accelmon.report.jsonout import clean
 from accelmon.store.writer import Store
@@ -147,14 +146,12 @@ def _write(path: Path, data: str) -> None:
 
 def run_plan(store: Store, cfg: Any, *, fmt: str = "json", out: Path | None = None, since: str | None = None,
              from_: dt.datetime | None = None, to: dt.datetime | None = None, now: dt.datetime | None = None) -> int:
-    """``accelmon plan``: analyse the window, write the plan alone (stdout, or ``out``). Writes nothing
-    else: no findings, no report."""
+    """``accelmon plan``: analyse the window and store the run (its findings and ``plan_action`` rows, so
+    the run id in the output names stored rows), then write the plan alone (stdout, or ``out``). No
+    report files."""
     if fmt not in FORMATS:
         raise UserError(f"--format: must be json or powercli, not {fmt!r}")
-    first, last = data_range(store)
-    window = resolve_window(since=since, from_=from_, to=to, default_seconds=float(cfg.thresholds.window),
-                            data_first=first, data_last=last, now=now)
-    a = analyze(store, cfg.thresholds, window, now=now)
+    a = persist.run(store, cfg.thresholds, since=since, from_=from_, to=to, now=now)
     text = (json.dumps(plan_json(a), indent=1, default=str) + "\n") if fmt == "json" else powercli_script(a)
     if out is None:
         sys.stdout.write(text)

@@ -1,4 +1,4 @@
-"""The daily report job for the daemon's APScheduler (cron from ``report.cron``, UTC)."""
+"""The daily analysis + report job for the daemon's APScheduler (cron from ``report.cron``, UTC)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from typing import Any
 
 from apscheduler.triggers.cron import CronTrigger
 
+from accelmon.analytics import persist
+from accelmon.analytics.analyze import Analysis
 from accelmon.errors import UserError
+from accelmon.report.cli import write_report
 
 log = logging.getLogger(__name__)
 JOB_ID = "report"
@@ -54,15 +57,23 @@ def trigger(cron: str) -> CronTrigger:
         raise UserError(f'report.cron: not a valid cron expression "{cron}": {e}') from None
 
 
-def report_job(store: Any, cfg: Any) -> None:
-    from accelmon.report.cli import generate
-
+def report_job(store: Any, cfg: Any) -> Analysis | None:
+    """What the scheduler runs: analyse the window and store the run (findings + plan_action,
+    analytics/persist.py), then the renderers read that analysis (report files). Returns the
+    analysis (None when it failed); the daemon then refreshes its /metrics gauges from the store."""
     try:
-        a, _doc, out = generate(store, cfg)
-        log.info("report written to %s (%d GPUs, %d underutilized)", out, a.gpus.height,
-                 int((a.gpus["status"] == "underutilized").sum()))
+        a = persist.run(store, cfg.thresholds)
     except Exception:  # the daemon keeps running; the next day tries again
-        log.exception("daily report failed")
+        log.exception("daily analysis failed")
+        return None
+    log.info("analysis run %s stored (%d GPUs, %d underutilized, %d plan step(s))", a.run_id, a.gpus.height,
+             int((a.gpus["status"] == "underutilized").sum()), len(a.plan.steps))
+    try:
+        _doc, out = write_report(store, cfg, a)
+        log.info("report of run %s written to %s", a.run_id, out)
+    except Exception:  # the run is stored; only its files are missing
+        log.exception("daily report of run %s failed", a.run_id)
+    return a
 
 
 def add_report_job(scheduler: Any, store: Any, cfg: Any) -> Any | None:

@@ -478,6 +478,48 @@ FINDINGS = _register(
     )
 )
 
+PLAN_ACTION = _register(
+    Table(
+        name="plan_action",
+        doc="The consolidation plan of an analytics run, one row per step (analytics/actions.py: one vSphere "
+        "action a person takes; accelmon executes nothing), written with the run's findings under the same "
+        "run_id (analytics/persist.py). Savings = saves_watts of the power-off-host steps; GPUs freed in "
+        "hosts that stay on are capacity, not watts (docs/analytics.md).",
+        columns=(
+            C("generated_at", TS, "when the analytics run produced it", False),
+            C("run_id", _STR, "analytics run id (= findings.run_id)", False),
+            C("step", _I32, "step number, 1-based, the order a person follows", False),
+            C("action", _STR, "vmotion | set-host-graphics-policy | change-vgpu-profile | reassign-passthrough | "
+              "set-numa-affinity | enter-maintenance | power-off-host", False),
+            C("subject", _STR, "what the step acts on: VM id <vcenter_uuid>/<vm_moref>, or host name", False),
+            C("subject_name", _STR, "VM or host name as in the inventory"),
+            C("vcenter_uuid", _STR, "vCenter of the subject (NULL: not known for a host step)"),
+            C("vm_moref", _STR, "VM moref of a VM step (NULL for a host step)"),
+            C("from_host", _STR, "host the VM is on before the plan (VM steps of a move)"),
+            C("to_host", _STR, "host the step moves the VM to (vmotion) or the host a host step acts on"),
+            C("from_gpu", _STR, "planner GPU id the VM's device leaves"),
+            C("to_gpu", _STR, "planner GPU id the device is expected on (placed by ESXi's policy, not chosen)"),
+            C("from_profile", _STR, "vGPU profile before (change-vgpu-profile; 'passthrough' for a conversion)"),
+            C("to_profile", _STR, "vGPU profile after (change-vgpu-profile)"),
+            C("numa_node", _I32, "NUMA node the VM is pinned to (set-numa-affinity)"),
+            C("words", _STR, "the step in words"),
+            C("preconditions_json", _STR, "what must hold before the step (JSON list of strings)"),
+            C("api", _STR, "the vSphere API call"),
+            C("powercli", _STR, "the one PowerCLI line of the step"),
+            C("saves_watts", _F64, "power-off-host: the emptied host's power (NULL: unknown, or another action)"),
+            C("power_source", _STR, "power-off-host: how saves_watts is known"),
+            C("frees_gpus", _I32, "power-off-host: GPUs the plan frees in that host (NULL for other actions)"),
+            C("evidence_json", _STR, "the measured numbers behind the step (JSON)"),
+            C("risk_json", _STR, "its risk: power-off needed, stun history (JSON)"),
+            C("window_start", TS, "analysed window start"),
+            C("window_end", TS, "analysed window end"),
+        ),
+        partition_ts="generated_at",
+        sort_by=("run_id", "step"),
+        kind="finding",
+    )
+)
+
 
 def table(name: str) -> Table:
     try:

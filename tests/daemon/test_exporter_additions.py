@@ -53,61 +53,64 @@ def _finding(run: str, at: dt.datetime, kind: str, subject: str, ev: dict[str, A
             "reason": "r", "evidence_json": json.dumps(ev or {})}
 
 
+def _step(run: str, at: dt.datetime, n: int, action: str, subject: str, watts: float | None = None,
+          frees: int | None = None) -> dict[str, Any]:
+    return {"generated_at": at, "run_id": run, "step": n, "action": action, "subject": subject,
+            "saves_watts": watts, "frees_gpus": frees}
+
+
 def test_consolidation_plan_gauges_from_the_latest_run(tmp_path: Path) -> None:
+    """The plan gauges come from the latest run's findings + plan_action rows in the store, never
+    from a report file (a findings.json with other numbers for that run is ignored)."""
     store = Store(tmp_path / "d")
-    reports = tmp_path / "reports"
+    reports = store.root / "reports"
     old = dt.datetime(2026, 1, 1, 6, 0, 0, tzinfo=dt.UTC)
     now = dt.datetime(2026, 1, 2, 6, 0, 0, 500_000, tzinfo=dt.UTC)
     store.append("findings", [_finding("r1", old, "consolidation_move", "vm-9", {"from_gpu": "h/9"})])
-    # run r2: three moves off two GPUs
+    store.append("plan_action", [_step("r1", old, 1, "power-off-host", "esx-9", 999.0, 1)])
+    # run r2: three moves off two GPUs; two hosts emptied, one of unknown power holding one freed GPU
+    store.append("plan_action", [
+        _step("r2", now, 1, "set-host-graphics-policy", "esx-3"),
+        _step("r2", now, 2, "vmotion", "vc-1/vm-1"),
+        _step("r2", now, 3, "enter-maintenance", "esx-1"),
+        _step("r2", now, 4, "power-off-host", "esx-1", 123.5, 1),
+        _step("r2", now, 5, "enter-maintenance", "esx-2"),
+        _step("r2", now, 6, "power-off-host", "esx-2", None, 1),
+    ])
     store.append("findings", [
         _finding("r2", now, "underutilized", "GPU-1"),
         _finding("r2", now, "consolidation_move", "vm-1", {"from_gpu": "vc-1/host-1/0000:3b:00.0", "to_gpu": "x"}),
         _finding("r2", now, "consolidation_move", "vm-2", {"from_gpu": "vc-1/host-1/0000:3b:00.0", "to_gpu": "x"}),
         _finding("r2", now, "consolidation_move", "vm-3", {"from_gpu": "vc-1/host-2/0000:5e:00.0", "to_gpu": "y"}),
     ])
+    run_dir = reports / now.strftime("%Y%m%dT%H%M%SZ")  # where the old code looked for the plan totals
+    run_dir.mkdir(parents=True)
+    (run_dir / "findings.json").write_text(json.dumps({"run_id": "r2", "consolidation": {
+        "moves": [{}], "freed_gpus": ["a"], "freed_hosts": ["h"] * 5, "watts_saved": 7777.0}}))
     st = DaemonState()
-    # without the run's report JSON: what the findings say, nothing guessed
-    housekeeping.refresh_findings(store, st, reports)
+    housekeeping.refresh_findings(store, st)
     m = _metrics(st)
     assert _one(m, "accelmon_consolidation_moves") == 3
     assert _one(m, "accelmon_consolidation_freed_gpus") == 2
+    assert _one(m, "accelmon_consolidation_freed_hosts") == 2
+    assert _one(m, "accelmon_consolidation_saved_power_watts") == 123.5  # the unknown host adds nothing
+    assert _one(m, "accelmon_consolidation_unmeasured_freed_gpus") == 1
+    assert _one(m, "accelmon_consolidation_plan_timestamp_seconds") == pytest.approx(now.timestamp(), abs=0.001)
+    # a run with moves but no plan_action rows (stored by an older version): totals unknown, not 0
+    later = now + dt.timedelta(hours=1)
+    store.append("findings", [_finding("r3", later, "consolidation_move", "vm-1", {"from_gpu": "g"})])
+    st2 = DaemonState()
+    housekeeping.refresh_findings(store, st2)
+    m = _metrics(st2)
+    assert _one(m, "accelmon_consolidation_moves") == 1
     assert _one(m, "accelmon_consolidation_saved_power_watts") is None
     assert _one(m, "accelmon_consolidation_freed_hosts") is None
-    assert _one(m, "accelmon_consolidation_plan_timestamp_seconds") == pytest.approx(now.timestamp(), abs=0.001)
-    # the report's JSON of that run (directory named as accelmon report names it)
-    run_dir = reports / now.strftime("%Y%m%dT%H%M%SZ")
-    run_dir.mkdir(parents=True)
-    plan = {"moves": [{}, {}, {}], "freed_gpus": ["a", "b"], "freed_hosts": ["host-2"], "watts_saved": 123.5,
-            "kwh_month_saved": 90.2, "unmeasured_freed_gpus": 0}
-    (run_dir / "findings.json").write_text(json.dumps({"run_id": "r2", "consolidation": plan}))
-    (reports / old.strftime("%Y%m%dT%H%M%SZ")).mkdir()
-    (reports / old.strftime("%Y%m%dT%H%M%SZ") / "findings.json").write_text(
-        json.dumps({"run_id": "r1", "consolidation": {**plan, "watts_saved": 999.0}}))
-    housekeeping.refresh_findings(store, st, reports)
-    m = _metrics(st)
-    assert _one(m, "accelmon_consolidation_saved_power_watts") == 123.5
-    assert _one(m, "accelmon_consolidation_freed_hosts") == 1
-    assert _one(m, "accelmon_consolidation_freed_gpus") == 2 and _one(m, "accelmon_consolidation_moves") == 3
-    assert _one(m, "accelmon_consolidation_unmeasured_freed_gpus") == 0
-    # a JSON of another run in that directory is not used
-    (run_dir / "findings.json").write_text(json.dumps({"run_id": "other", "consolidation": plan}))
-    st2 = DaemonState()
-    housekeeping.refresh_findings(store, st2, reports)
-    assert _one(_metrics(st2), "accelmon_consolidation_saved_power_watts") is None
-    # a report written elsewhere in the data dir (accelmon report --out <data dir>/report, as the demo does)
-    (tmp_path / "d" / "report").mkdir()
-    (tmp_path / "d" / "report" / "findings.json").write_text(
-        json.dumps({"schema_version": 1, "run_id": "r2", "consolidation": {**plan, "watts_saved": 77.0}}, indent=1))
-    st3 = DaemonState()
-    housekeeping.refresh_findings(store, st3, reports)
-    assert _one(_metrics(st3), "accelmon_consolidation_saved_power_watts") == 77.0
-        # a plan that moves nothing is a plan: zeros, not absent
-    later = now + dt.timedelta(days=1)
-    store.append("findings", [_finding("r3", later, "underutilized", "GPU-1")])
-    housekeeping.refresh_findings(store, st2, reports)
+    # a plan that moves nothing is a plan: zeros, not absent
+    store.append("findings", [_finding("r4", later + dt.timedelta(days=1), "underutilized", "GPU-1")])
+    housekeeping.refresh_findings(store, st2)
     m = _metrics(st2)
     assert _one(m, "accelmon_consolidation_moves") == 0 and _one(m, "accelmon_consolidation_freed_gpus") == 0
+    assert _one(m, "accelmon_consolidation_saved_power_watts") == 0 and _one(m, "accelmon_consolidation_freed_hosts") == 0
     assert check_metrics(MetricsApp(st, ExporterConfig()).render()) == (0, "")
 
 
