@@ -26,6 +26,7 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
@@ -37,6 +38,7 @@ from accelmon.demo.estate import AgentPlan, plan_agents, write_specs
 from accelmon.demo.procs import Child, pick_port
 from accelmon.demo.ui import Display
 from accelmon.errors import UserError
+from accelmon.report.cli import generate, print_summary
 
 log = logging.getLogger("accelmon.demo")
 
@@ -269,7 +271,8 @@ def _run(data_dir: Path, work: Path, duration: float | None, vms: int, ui: Displ
 
     report_dir = data_dir / "report"
     with ui.step("writing the report"):
-        report_ok = _write_report(store, cfg, report_dir, ui)
+        report_doc = _write_report(store, cfg, report_dir, ui)
+    report_ok = report_doc is not None
 
     with ui.step("starting the daemon and Prometheus"):
         daemon = Child.python("daemon", [*cli, "run"], work / "logs" / "daemon.log")
@@ -282,7 +285,7 @@ def _run(data_dir: Path, work: Path, duration: float | None, vms: int, ui: Displ
         prom.start()
         stack.callback(prom.stop)
 
-    state["report_summary"] = _report_summary(report_dir / "findings.json") if report_ok else ""
+    state["report_summary"] = _report_summary(report_doc)
     state.update({
         "ready": True, "metrics_url": metrics_url, "prometheus_url": prom.url,
         "report": str(report_dir / "report.html") if report_ok else None, "vcenter_url": sim.url,
@@ -351,40 +354,33 @@ class LiveVmotions:
             return
 
 
-def _write_report(store: Any, cfg: Any, out: Path, ui: Display) -> bool:
+def _write_report(store: Any, cfg: Any, out: Path, ui: Display) -> dict[str, Any] | None:
+    """Analyse the backfilled week, store the run and render the report; the report's JSON
+    document (its summary feeds the demo's one-line summary - no report file is read back)."""
     try:
-        from accelmon.report.cli import run_report
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("accelmon.report"):
-            ui.note("report: not available in this build (accelmon.report is missing)")
-            return False
-        raise
-    try:
-        rc = run_report(store, cfg, since=f"{HISTORY_DAYS}d", from_=None, to=None, out_dir=out, json_out=False,
-                        progress=False)
+        a, doc, written = generate(store, cfg, since=f"{HISTORY_DAYS}d", out_dir=out)
     except Exception as e:  # the demo goes on without a report; the log keeps the details
-        import traceback
-
         (out.parent / "demo" / "logs" / "report.log").write_text(traceback.format_exc())
         ui.note(f"report: failed ({type(e).__name__}: {e}); details in demo/logs/report.log")
-        return False
-    if rc != 0 or not (out / "report.html").is_file():
-        ui.note(f"report: not written (exit code {rc})")
-        return False
-    return True
+        return None
+    print_summary(a, doc, written)
+    if not (written / "report.html").is_file():
+        ui.note("report: not written")
+        return None
+    return doc
 
 
-def _report_summary(findings_json: Path) -> str:
-    """One line from the report's findings.json summary (empty if it has none)."""
+def _report_summary(doc: dict[str, Any] | None) -> str:
+    """One line from the report's summary (empty if there is no report)."""
     try:
-        s = json.loads(findings_json.read_text()).get("summary") or {}
+        s = (doc or {}).get("summary") or {}
         return (f"{s['gpus']} GPUs, {s['underutilized']} underutilized, {s['idle_gpu_hours']:.0f} idle GPU-hours, "
                 f"{s['numa_misaligned_vms']} NUMA-misaligned VM(s), {s['vmotion_migrations']} vMotions "
                 f"({s['vmotion_flagged']} flagged); the plan frees {s['plan_frees_gpus']} GPU(s) with "
                 f"{s['plan_steps']} step(s), emptying {s['plan_frees_hosts']} host(s) that save "
                 f"{s['plan_watts_saved']:.0f} W ({s['plan_kwh_month_saved']:.0f} kWh/month); "
                 f"{s['plan_freed_capacity_gpus']} freed GPU(s) in hosts that stay on are capacity, not watts")
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return ""
 
 

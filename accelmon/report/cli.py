@@ -142,6 +142,12 @@ def run_report(store: Store, cfg: Any, *, since: str | None = None, from_: dt.da
     if json_out:
         sys.stdout.write(json.dumps(doc, default=str) + "\n")
         return 0
+    print_summary(a, doc, out)
+    return 0
+
+
+def print_summary(a: Analysis, doc: dict[str, Any], out: Path) -> None:
+    """The report's summary lines on stdout (``accelmon report``, ``accelmon demo``)."""
     s = doc["summary"]
     share = s["underutilized_share"]
     print(f"window      {a.window.start:%Y-%m-%d %H:%M} – {a.window.end:%Y-%m-%d %H:%M} UTC ({a.window.label})")
@@ -155,4 +161,3 @@ def run_report(store: Store, cfg: Any, *, since: str | None = None, from_: dt.da
           f"emptied host(s) save {s['plan_kwh_month_saved']:,.0f} kWh/month; {s['plan_freed_capacity_gpus']} GPU(s) "
           "of capacity in hosts that stay on")
     print(f"report      {out / 'report.html'}")
-    return 0
