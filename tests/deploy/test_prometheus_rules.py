@@ -12,7 +12,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "deploy" / "prometheus"
 RULES = RULES_DIR / "accelmon.rules.yml"
-RULE_TESTS = [RULES_DIR / "accelmon.rules.test.yml", RULES_DIR / "accelmon.rules.daily.test.yml"]
+RULE_TESTS = [RULES_DIR / "accelmon.rules.test.yml", RULES_DIR / "accelmon.rules.daily.test.yml",
+              RULES_DIR / "accelmon.rules.owners.test.yml"]
 
 REQUIRED_ALERTS = {
     "AccelmonGPUUnderutilized",
