@@ -38,7 +38,9 @@ T0 = 1_700_000_000.0
 
 def dcgm_page(gpus: int) -> str:
     clock = ManualClock(T0)
-    sim = SimNVML(parse_spec({"gpu": [{"model": "H100", "count": gpus, "trace": "bursty_inference"}]}), clock=clock)
+    per = 64  # a spec's [[gpu]] table holds at most 64: one table per 64 GPUs
+    tables = [{"model": "H100", "count": min(per, gpus - i), "trace": "bursty_inference"} for i in range(0, gpus, per)]
+    sim = SimNVML(parse_spec({"gpu": tables}), clock=clock)
     sim.nvmlInit()
     clock.advance(60.0)
     return dcgm_exporter_text(sim, prof_fields=DCGM_PROF_FIELDS)
@@ -59,8 +61,17 @@ def _ours(text: str) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
 
 
 def _theirs(text: str) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
-    return sorted((s.name, tuple(sorted(s.labels.items())), s.value)
-                  for f in text_string_to_metric_families(text) for s in f.samples)
+    """prometheus_client's samples with its one renaming undone: it appends ``_total`` to the
+    samples of a counter family whose name lacks it (dcgm's DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION)."""
+    written = {ln.split(" ", 3)[2] for ln in text.splitlines() if ln.startswith("# TYPE ")}
+    out = []
+    for f in text_string_to_metric_families(text):
+        for s in f.samples:
+            name = s.name
+            if f.type == "counter" and name.endswith("_total") and name[:-6] in written:
+                name = name[:-6]
+            out.append((name, tuple(sorted(s.labels.items())), s.value))
+    return sorted(out)
 
 
 def exporter_families(gpus: int) -> list[FastFamily]:
