@@ -42,10 +42,15 @@ def alerts() -> dict[str, dict]:
     return {r["alert"]: r for g in doc["groups"] for r in g["rules"] if "alert" in r}
 
 
+def records() -> dict[str, dict]:
+    doc = yaml.safe_load(RULES.read_text())
+    return {r["record"]: r for g in doc["groups"] for r in g["rules"] if "record" in r}
+
+
 def test_promtool_check_rules() -> None:
     r = _run("check", "rules", str(RULES))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"SUCCESS: {len(alerts())} rules found" in r.stdout
+    assert f"SUCCESS: {len(alerts()) + len(records())} rules found" in r.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
