@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Set up accelmon on a fresh Debian/Ubuntu machine: system packages (Go + govmomi for the
-# vCenter simulator, Prometheus, Chromium for the report test) and a virtualenv in .venv
+# vCenter simulator, Prometheus and Alertmanager, Chromium for the report test) and a virtualenv in .venv
 # with accelmon installed editable plus its dev tools. Idempotent; safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(golang-go golang-github-vmware-govmomi-dev prometheus chromium python3-venv ca-certificates openssl systemd)
+APT_PKGS=(golang-go golang-github-vmware-govmomi-dev prometheus prometheus-alertmanager chromium python3-venv ca-certificates openssl systemd)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

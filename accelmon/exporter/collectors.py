@@ -176,7 +176,7 @@ class GpuCollector(Collector):
             if got is None:
                 continue
             lv = (*got[0], str(link))
-            lstr = got[1][:-1] + f',link="{link}"}}'
+            lstr = label_string(nvtx.labelnames, lv)  # label names sorted, as every label string
             if tx is not None:
                 nvtx.add(lv, tx, lstr)
             if rx is not None:

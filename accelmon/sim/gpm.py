@@ -49,7 +49,7 @@ from pynvml import NVMLError
 from accelmon.sim.traces import Trace, make_trace
 
 if TYPE_CHECKING:
-    from accelmon.sim.nvml import SimGpu, SimHandle, SimNVML
+    from accelmon.sim.nvml_model import SimGpu, SimHandle, SimState
 
 GRID_S = 1.0 / 6.0  # the traces change value at most on this grid
 MAX_PIECES = 20000  # beyond this many grid pieces, integrate with coarser uniform steps
@@ -144,7 +144,7 @@ class _Sample:
 class SimGpm:
     """GPM state of a :class:`SimNVML`: sample buffers and per-GPU / per-instance integrals."""
 
-    def __init__(self, sim: SimNVML) -> None:
+    def __init__(self, sim: SimState) -> None:
         self.sim = sim
         self._buffers: dict[int, tuple[Any, _Sample]] = {}  # address -> (keep-alive buffer, sample)
         self._scopes: dict[tuple[int, int | None], _Scope] = {}

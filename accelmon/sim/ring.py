@@ -21,15 +21,15 @@ import pynvml
 from pynvml import NVMLError
 
 if TYPE_CHECKING:
-    from accelmon.sim.nvml import SimGpu, SimNVML
+    from accelmon.sim.nvml_model import SimGpu, SimState
 
 
-def driver_now_us(sim: SimNVML) -> int:
+def driver_now_us(sim: SimState) -> int:
     """The driver's sample clock now (µs): host clock + ``sample_clock_offset_s``."""
     return int((sim.clock.time() + sim.spec.sample_clock_offset_s) * 1e6)
 
 
-def ring_samples(sim: SimNVML, g: SimGpu, last_seen_us: int) -> list[Any]:
+def ring_samples(sim: SimState, g: SimGpu, last_seen_us: int) -> list[Any]:
     """``c_nvmlSample_t`` list newer than ``last_seen_us``; raises NOT_FOUND when there is none."""
     p = sim.period_us
     off = sim.spec.sample_clock_offset_s
@@ -53,7 +53,7 @@ def ring_samples(sim: SimNVML, g: SimGpu, last_seen_us: int) -> list[Any]:
     return out
 
 
-def last_period_util(sim: SimNVML, g: SimGpu) -> float:
+def last_period_util(sim: SimState, g: SimGpu) -> float:
     """``nvmlDeviceGetUtilizationRates().gpu``: NVML's "percent of time over the past sample period",
     i.e. the value of the newest sample period on the driver's grid (the ring's newest sample)."""
     p = sim.period_us

@@ -13,15 +13,14 @@ from __future__ import annotations
 import os
 import resource
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import Metric
-from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.utils import floatToGoString
 
-from accelmon import __version__
+from accelmon import __version__, exposition
 
 if TYPE_CHECKING:
     from accelmon.collector.agent.agent import Agent
@@ -70,12 +69,37 @@ def _rss_bytes() -> float:
         return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
-class AgentCollector(Collector):
-    """Reads ``agent.snapshot`` at scrape time; never calls NVML."""
+@dataclass(frozen=True)
+class ProcessStats:
+    """The agent process' own CPU time and resident memory, read at scrape time."""
 
-    def __init__(self, agent: Agent) -> None:
+    cpu_seconds: float
+    resident_bytes: float
+
+
+def process_stats() -> ProcessStats:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ProcessStats(ru.ru_utime + ru.ru_stime, _rss_bytes())
+
+
+class AgentCollector(Collector):
+    """Reads ``agent.snapshot`` at scrape time; never calls NVML.
+
+    ``process`` (the process' CPU and memory), ``monotonic`` (the poll age) and ``started`` are
+    injectable so a test renders a fixed snapshot to fixed text (tests/golden)."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        *,
+        process: Callable[[], ProcessStats] = process_stats,
+        monotonic: Callable[[], float] = time.monotonic,
+        started: float | None = None,
+    ) -> None:
         self.agent = agent
-        self.started = time.time()
+        self.process = process
+        self.monotonic = monotonic
+        self.started = time.time() if started is None else started
 
     def collect(self) -> Iterator[Metric]:
         agent = self.agent
@@ -187,12 +211,12 @@ class AgentCollector(Collector):
             "backend": agent.backend,
         }, 1.0)
         yield m
-        ru = resource.getrusage(resource.RUSAGE_SELF)
+        ps = self.process()
         m = Metric("accelmon_agent_cpu_seconds", "CPU time (user + system) the agent process used.", "counter")
-        m.add_sample("accelmon_agent_cpu_seconds_total", {}, ru.ru_utime + ru.ru_stime)
+        m.add_sample("accelmon_agent_cpu_seconds_total", {}, ps.cpu_seconds)
         yield m
         m = Metric("accelmon_agent_resident_memory_bytes", "Resident memory of the agent process.", "gauge")
-        m.add_sample("accelmon_agent_resident_memory_bytes", {}, _rss_bytes())
+        m.add_sample("accelmon_agent_resident_memory_bytes", {}, ps.resident_bytes)
         yield m
         m = Metric("accelmon_agent_start_time_seconds", "When the agent process started (Unix time).", "gauge")
         m.add_sample("accelmon_agent_start_time_seconds", {}, self.started)
@@ -213,57 +237,23 @@ class AgentCollector(Collector):
         yield m
         m = Metric("accelmon_agent_poll_age_seconds",
                    "Seconds since the last poll, at scrape time (values were measured this long ago).", "gauge")
-        m.add_sample("accelmon_agent_poll_age_seconds", {}, max(0.0, time.monotonic() - snap.mono))
+        m.add_sample("accelmon_agent_poll_age_seconds", {}, max(0.0, self.monotonic() - snap.mono))
         yield m
 
 
-def make_registry(agent: Agent) -> CollectorRegistry:
+def make_registry(agent: Agent, **kw: Any) -> CollectorRegistry:
+    """A registry with the agent's collector (``kw``: :class:`AgentCollector`'s injectables)."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(AgentCollector(agent))
+    reg.register(AgentCollector(agent, **kw))
     return reg
 
 
-def _escape_value(v: str) -> str:
-    if "\\" in v or '"' in v or "\n" in v:
-        return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-    return v
-
-
 def render(registry: CollectorRegistry) -> bytes:
-    """The Prometheus text format 0.0.4 of the registry's (custom collector) metrics.
-
-    Byte for byte what ``prometheus_client.generate_latest`` writes for our metric and label
-    names (all legacy-valid; a test compares them), about three times faster: generate_latest
-    re-validates every label name of every sample with a regex (~7 ms for 8 GPUs here).
-    """
-    out: list[str] = []
-    # GPU series share one labels dict: format it once. The cache holds the dict itself, so its
-    # id cannot be reused by another dict while rendering.
-    labels_cache: dict[int, tuple[dict[str, str], str]] = {}
-    for m in registry.collect():
-        name, typ = m.name, m.type
-        if typ == "counter":
-            name += "_total"
-        elif typ == "info":
-            name, typ = name + "_info", "gauge"
-        elif typ == "unknown":
-            typ = "untyped"
-        doc = m.documentation.replace("\\", "\\\\").replace("\n", "\\n")
-        out.append(f"# HELP {name} {doc}\n# TYPE {name} {typ}\n")
-        for smp in m.samples:
-            if smp.labels:
-                hit = labels_cache.get(id(smp.labels))
-                if hit is not None and hit[0] is smp.labels:
-                    lab = hit[1]
-                else:
-                    lab = ",".join(f'{k}="{_escape_value(v)}"' for k, v in sorted(smp.labels.items()))
-                    labels_cache[id(smp.labels)] = (smp.labels, lab)
-                out.append(f"{smp.name}{{{lab}}} {floatToGoString(smp.value)}\n")
-            else:
-                out.append(f"{smp.name} {floatToGoString(smp.value)}\n")
-    return "".join(out).encode()
+    """The registry's text format 0.0.4, by accelmon's one writer (:mod:`accelmon.exposition`,
+    shared with the daemon's exporter: the bytes ``prometheus_client.generate_latest`` writes)."""
+    return exposition.render(registry.collect())
 
 
 def render_reference(registry: CollectorRegistry) -> bytes:
     """prometheus_client's own renderer (tests compare :func:`render` with it)."""
-    return generate_latest(registry)
+    return exposition.reference(registry.collect())

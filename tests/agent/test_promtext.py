@@ -11,6 +11,7 @@ from accelmon.collector.promtext import PromTextError, parse
 from prometheus_client.parser import text_string_to_metric_families
 
 from accelmon.sim.clock import ManualClock
+from accelmon.sim.exporters import DCGM_PROF_FIELDS, dcgm_exporter_text, nvidia_gpu_exporter_text
 from accelmon.sim.spec import PRESETS
 
 from .conftest import agent_of, metrics_text, run_polls, sim_of
@@ -144,3 +145,17 @@ def test_hostile_lines_are_rejected(evil: str) -> None:
     # No timing assertion (benchmarks live in bench/); a backtracking regex would make this hang.
     with pytest.raises(PromTextError):
         parse(evil)
+
+
+@pytest.mark.parametrize("preset", ["mixed", "mig"])
+def test_same_samples_on_simulated_exporter_pages(preset: str) -> None:
+    """The pages the daemon reads from dcgm-exporter and nvidia_gpu_exporter (simulated over the
+    same NVML; profiling fields included): one parser, the same samples as prometheus_client's."""
+    clock = ManualClock(1_700_000_000.0)
+    sim = sim_of(preset, clock)
+    sim.nvmlInit()
+    clock.advance(60.0)
+    for text in (dcgm_exporter_text(sim, prof_fields=DCGM_PROF_FIELDS), nvidia_gpu_exporter_text(sim)):
+        got = ours(text)
+        assert len(got) > 5
+        assert got == reference(text)

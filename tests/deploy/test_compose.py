@@ -33,9 +33,9 @@ def _dockerfile_instructions() -> list[tuple[str, str]]:
 
 def test_services_and_their_images() -> None:
     c = compose()
-    assert set(c["services"]) == {"accelmon", "prometheus", "grafana"}
+    assert set(c["services"]) == {"accelmon", "prometheus", "alertmanager", "grafana"}
     assert c["services"]["accelmon"]["build"] == "."
-    for name in ("prometheus", "grafana"):
+    for name in ("prometheus", "alertmanager", "grafana"):
         assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+", c["services"][name]["image"]), name  # pinned
     for name, svc in c["services"].items():
         for dep in svc.get("depends_on", []):
@@ -88,6 +88,19 @@ def test_demo_service_serves_what_prometheus_scrapes() -> None:
     assert cfg["rule_files"] == ["/etc/prometheus/rules/accelmon.rules.yml"]
     assert _mount_source(c, "prometheus", "/etc/prometheus/rules/accelmon.rules.yml") == \
         ROOT / "deploy" / "prometheus" / "accelmon.rules.yml"
+
+
+def test_prometheus_sends_alerts_to_the_alertmanager_service() -> None:
+    c = compose()
+    am = c["services"]["alertmanager"]
+    assert _mount_source(c, "alertmanager", "/etc/alertmanager/alertmanager.yml") == \
+        ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in am["command"]
+    assert "alertmanager" in c["services"]["prometheus"]["depends_on"]
+    cfg = yaml.safe_load(_mount_source(c, "prometheus", "/etc/prometheus/prometheus.yml").read_text())
+    targets = [t for a in cfg["alerting"]["alertmanagers"] for sc in a["static_configs"] for t in sc["targets"]]
+    assert targets == ["alertmanager:9093"]
+    assert "9093:9093" in am["ports"]
 
 
 def _mount_source(c: dict, service: str, target: str) -> Path:

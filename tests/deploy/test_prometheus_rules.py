@@ -12,7 +12,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "deploy" / "prometheus"
 RULES = RULES_DIR / "accelmon.rules.yml"
-RULE_TESTS = [RULES_DIR / "accelmon.rules.test.yml", RULES_DIR / "accelmon.rules.daily.test.yml"]
+RULE_TESTS = [RULES_DIR / "accelmon.rules.test.yml", RULES_DIR / "accelmon.rules.daily.test.yml",
+              RULES_DIR / "accelmon.rules.owners.test.yml"]
 
 REQUIRED_ALERTS = {
     "AccelmonGPUUnderutilized",
@@ -41,10 +42,15 @@ def alerts() -> dict[str, dict]:
     return {r["alert"]: r for g in doc["groups"] for r in g["rules"] if "alert" in r}
 
 
+def records() -> dict[str, dict]:
+    doc = yaml.safe_load(RULES.read_text())
+    return {r["record"]: r for g in doc["groups"] for r in g["rules"] if "record" in r}
+
+
 def test_promtool_check_rules() -> None:
     r = _run("check", "rules", str(RULES))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"SUCCESS: {len(alerts())} rules found" in r.stdout
+    assert f"SUCCESS: {len(alerts()) + len(records())} rules found" in r.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
