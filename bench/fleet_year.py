@@ -85,13 +85,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpus", type=int, default=10_000)
     ap.add_argument("--days", type=int, default=365)
-    ap.add_argument("--keep", type=Path, help="generate into this dir and keep it")
+    ap.add_argument("--keep", type=Path, help="generate into this dir and keep it (a dir generated before is reused)")
     args = ap.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="accelmon-fleet-year-"))
     try:
         store = Store(root)
         t0 = time.monotonic()
-        rows = generate(store, args.gpus, args.days)
+        reuse = args.keep is not None and (store.root / "state" / "rollup.json").exists()
+        rows = (args.gpus * args.days * 24) if reuse else generate(store, args.gpus, args.days)  # --keep: reuse
         gen_s = time.monotonic() - t0
         size = sum(f.stat().st_size for f in store.files("gpu_rollup_hour"))
         print(f"generated {rows:,} rollup rows ({args.gpus:,} GPUs x {args.days} days x 24 h) in {gen_s:.1f}s, "
