@@ -324,6 +324,31 @@ def compact(
     raise typer.Exit(1 if failures else 0)
 
 
+@app.command()
+def rollup(
+    from_: Annotated[str | None, typer.Option("--from", help="First UTC day to roll up (ISO 8601 date).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Last UTC day to roll up (ISO 8601 date).")] = None,
+) -> None:
+    """Write hourly per-GPU rollups (gpu_rollup_hour) of the stored samples; re-running a day replaces it."""
+    from accelmon.analytics import rollup as rollup_mod
+
+    days = []
+    for value, option in ((from_, "--from"), (to, "--to")):
+        try:
+            days.append(None if value is None else dt.date.fromisoformat(value[:10]))
+        except ValueError:
+            fail(f"{option}: not an ISO 8601 date: {value!r}")
+    if days[0] is not None and days[1] is not None and days[0] > days[1]:
+        fail(f"--from ({days[0]}) must not be after --to ({days[1]})")
+    store = state.store()
+    done = rollup_mod.run(store, from_=days[0], to=days[1])
+    for day, n in done.items():
+        typer.echo(f"gpu_rollup_hour {day}: {n} rows")
+    if not done:
+        typer.echo("no samples to roll up")
+    store.ensure_catalog()
+
+
 store_app = typer.Typer(help="Check and repair the store (unreadable files, leftovers of a kill).",
                         no_args_is_help=True)
 app.add_typer(store_app, name="store")

@@ -191,6 +191,7 @@ class RetentionConfig(_Model):
     samples: Duration = 400 * 86400.0
     inventory: Duration = 400 * 86400.0
     gc_grace: Duration = 600.0
+    rollups: Duration = 5 * 365 * 86400.0  # gpu_rollup_hour (hourly per-GPU rollups)
 
 
 class ThresholdsConfig(_Model):
@@ -218,6 +219,9 @@ class ReportConfig(_Model):
     cron: str = "0 6 * * *"
     out_dir: Path | None = None  # default <data-dir>/reports
     keep: int = Field(30, ge=1)
+    # a window longer than this reads the hourly rollups (gpu_rollup_hour) for its complete, rolled-up
+    # hours and raw samples for the rest (docs/store.md, "Rollups"); shorter windows read raw samples
+    rollup_after: Duration = 2 * 86400.0
 
     @field_validator("cron")
     @classmethod

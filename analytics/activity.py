@@ -69,7 +69,8 @@ OUT_SCHEMA: dict[str, Any] = {
 FB_SCHEMA: dict[str, Any] = {"gpu": pl.String, "fb_hwm_bytes": pl.Int64, "fb_samples": pl.Int64}
 
 
-def read(store: Store, start: dt.datetime, end: dt.datetime, con: Any = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+def read(store: Store, start: dt.datetime, end: dt.datetime, con: Any = None,
+         fb: bool = True) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(activity rows, framebuffer histogram) of gpu_sample in [start, end].
 
     Activity rows: only samples carrying any activity column (files written before the columns
@@ -80,7 +81,7 @@ def read(store: Store, start: dt.datetime, end: dt.datetime, con: Any = None) ->
     con = con if con is not None else store.connect()
     where = "date BETWEEN ? AND ? AND ts >= ? AND ts <= ?"
     params = [start.date(), end.date(), start, end]
-    hist = frame(con,
+    hist = pl.DataFrame() if not fb else frame(con,
         f"""
         SELECT gpu_uuid, source, CAST(fb_used_bytes // {FB_BIN_BYTES} AS BIGINT) AS bin, count(*)::UINTEGER AS n
         FROM gpu_sample WHERE {where} AND fb_used_bytes IS NOT NULL GROUP BY ALL

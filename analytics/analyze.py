@@ -14,13 +14,12 @@ from accelmon.analytics import (
     consolidation,
     estate,
     identity,
+    longwindow,
     numa,
     power,
     presence,
     profiles,
     rightsize,
-    samples,
-    utilization,
     verdict,
     vmotion,
 )
@@ -47,8 +46,9 @@ class Analysis:
 
 
 def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | None = None,
-            con: Any | None = None, now: dt.datetime | None = None) -> Analysis:
-    """``thresholds``: :class:`accelmon.config.ThresholdsConfig` (or anything with its fields)."""
+            con: Any | None = None, now: dt.datetime | None = None, rollup_after: float | None = None) -> Analysis:
+    """``thresholds``: :class:`accelmon.config.ThresholdsConfig` (or anything with its fields).
+    ``rollup_after``: a window longer than this many seconds reads hourly rollups (docs/store.md)."""
     th = {k: float(getattr(thresholds, k)) for k in (
         "underutilized_percent", "min_coverage_ratio", "min_covered_duration", "window", "stun_limit_seconds",
         "target_util_percent")}
@@ -56,8 +56,8 @@ def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | Non
                        ("fb_full_percent", rightsize.FB_FULL_PERCENT), ("fb_tight_percent", rightsize.FB_TIGHT_PERCENT)):
         th[k] = float(getattr(thresholds, k, default))
     con = con or store.connect()
-    sa = samples.aggregate(store, window.start, window.end, threads=threads)
-    metrics = utilization.gpu_metrics(sa)
+    wf = longwindow.figures(store, con, window, rollup_after=rollup_after, threads=threads)
+    metrics = wf.metrics
     gmap = identity.gpu_vm_map(con, metrics.select("gpu", "vm_bios_uuid"))
     gpus = verdict.judge(
         metrics,
@@ -68,11 +68,13 @@ def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | Non
     info = gmap.select("gpu", "vcenter_uuid", "vm_moref", "vm_name", "host_name", "cluster_name", "backing",
                        "vgpu_profile", "host_pci_id").unique(subset=["gpu"], keep="first")
     gpus = gpus.join(info, on="gpu", how="left")
-    act_rows, fb_hist = activity.read(store, window.start, window.end, con)
+    act_rows, fb_hist = activity.read(store, window.start, window.end, con, fb=wf.fb_hist is None)
+    if wf.fb_hist is not None:
+        fb_hist = wf.fb_hist
     act = activity.gpu_activity(act_rows)
     gpus = activity.judge_hollow(gpus, act, activity.activity_sources(con),
                                  underutilized_percent=th["underutilized_percent"], hollow_percent=th["hollow_percent"])
-    heat = utilization.heatmap(sa, gpus)
+    heat = wf.heat(gpus)
     table = profiles.load()
     pw = power.power(con, window, gpus)
     vm_res = vmotion.vmotion_stun(con, window, th["stun_limit_seconds"])
@@ -104,6 +106,5 @@ def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | Non
         power=pw,
         plan=the_plan,
         changes=findings.changes(con, gpus, generated),
-        stats={"units": sa.units, "rows": sa.rows, "series": sa.series.height, "heat_cell_ms": sa.cell_ms,
-               "overlapped_series": sa.overlapped_series},
+        stats=wf.stats,
     )

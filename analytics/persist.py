@@ -118,12 +118,13 @@ def persist(store: Store, a: Analysis) -> Stored:
 
 def run(store: Store, thresholds: Any, *, since: str | None = None, from_: dt.datetime | None = None,
         to: dt.datetime | None = None, now: dt.datetime | None = None, con: Any | None = None,
-        threads: int | None = None) -> Analysis:
+        threads: int | None = None, rollup_after: float | None = None) -> Analysis:
     """Resolve the window (analytics/window.py), analyse it and persist the run: the analysis step of
-    every verb and job that analyses."""
+    every verb and job that analyses. ``rollup_after``: windows longer than this (s) read the hourly
+    rollups (docs/store.md, "Rollups")."""
     first, last = data_range(store)
     window = resolve_window(since=since, from_=from_, to=to, default_seconds=float(thresholds.window),
                             data_first=first, data_last=last, now=now)
-    a = analyze(store, thresholds, window, con=con, now=now, threads=threads)
+    a = analyze(store, thresholds, window, con=con, now=now, threads=threads, rollup_after=rollup_after)
     persist(store, a)
     return a

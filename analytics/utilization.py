@@ -25,13 +25,14 @@ import polars as pl
 from accelmon.analytics.samples import SeriesAggregates
 from accelmon.analytics.verdict import UtilThresholds, judge
 
-__all__ = ["UtilThresholds", "gpu_metrics", "gpu_utilization", "heatmap", "series_metrics"]
+__all__ = ["UtilThresholds", "gpu_metrics", "gpu_utilization", "heatmap", "median_dq", "metrics_from_series",
+           "series_metrics"]
 
 GAP_DQ = 69  # Δt > 2 × median  ⇔  dq − median_dq > 100·ln 2 = 69.3
 SOURCE_PRIORITY = ["agent", "dcgm", "nvidia_gpu_exporter", "prometheus", "import", "simulation"]
 
 
-def _median_dq(held: pl.DataFrame) -> pl.DataFrame:
+def median_dq(held: pl.DataFrame) -> pl.DataFrame:
     """Per series: the median Δt bucket of its held intervals (lower median, by interval count)."""
     h = held.group_by("sid", "dq").agg(pl.col("n").sum()).sort("sid", "dq")
     h = h.with_columns(cum=pl.col("n").cum_sum().over("sid"), tot=pl.col("n").sum().over("sid"))
@@ -53,7 +54,7 @@ def _p95(rows: pl.DataFrame) -> pl.DataFrame:
 def series_metrics(sa: SeriesAggregates) -> pl.DataFrame:
     """Per-series metrics (all sources), before choosing one series per GPU."""
     agg = sa.agg
-    med = _median_dq(agg.filter(pl.col("held")))
+    med = median_dq(agg.filter(pl.col("held")))
     rows = agg.join(med, on="sid", how="left").with_columns(
         gap=pl.col("held") & (pl.col("dq") > pl.col("med_dq") + GAP_DQ)
     )
@@ -100,7 +101,12 @@ def gpu_utilization(sa: SeriesAggregates, th: UtilThresholds, presence: pl.DataF
 
 def gpu_metrics(sa: SeriesAggregates) -> pl.DataFrame:
     """One row per GPU id: the time-weighted figures, no verdict (see :func:`gpu_utilization`)."""
-    s = series_metrics(sa)
+    return metrics_from_series(series_metrics(sa))
+
+
+def metrics_from_series(s: pl.DataFrame) -> pl.DataFrame:
+    """Per-series sums (:func:`series_metrics`' columns, keyed by gpu_uuid, source) → one row per GPU:
+    the series with the most covered time, and its figures (also used by the rollup path)."""
     prio = {src: i for i, src in enumerate(SOURCE_PRIORITY)}
     s = s.with_columns(prio=pl.col("source").replace_strict(prio, default=len(prio), return_dtype=pl.Int32))
     s = s.sort(["gpu_uuid", "cov_ms", "prio"], descending=[False, True, False]).group_by(

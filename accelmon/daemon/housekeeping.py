@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from accelmon.analytics import rollup as rollups
 from accelmon.analytics.actions import POWER_OFF_HOST
 from accelmon.config import Config
 from accelmon.daemon import vmotion_history
@@ -78,7 +79,7 @@ def retention(store: Store, cfg: Config, state: DaemonState, now: float | None =
     now = time.time() if now is None else now
     dropped: list[tuple[str, str]] = []
     for name, t in TABLES.items():
-        keep = cfg.retention.inventory if t.kind == "inventory" else cfg.retention.samples
+        keep = {"inventory": cfg.retention.inventory, "rollup": cfg.retention.rollups}.get(t.kind, cfg.retention.samples)
         cutoff = dt.datetime.fromtimestamp(now - keep, dt.UTC).date()
         if name == "vmotion" and any(dt.date.fromisoformat(p) < cutoff for p in store.partitions(name)
                                      if p != "1970-01-01"):
@@ -94,6 +95,16 @@ def retention(store: Store, cfg: Config, state: DaemonState, now: float | None =
     state.store.partitions_dropped_total += len(dropped)
     state.store.generations_removed_total += store.gc()
     return dropped
+
+
+def rollup(store: Store, now: dt.datetime | None = None) -> dict[str, int]:
+    """Hourly per-GPU rollups (docs/store.md, "Rollups"): the current day through the last complete
+    hour, and every day never rolled up or whose raw files changed since (catch-up)."""
+    done = rollups.run(store, now=now, force=False)
+    if done:
+        log.info("rollup: %d day(s) rolled up (%s), %d rows", len(done), ", ".join(sorted(done)[:5]),
+                 sum(done.values()))
+    return done
 
 
 def refresh_findings(store: Store, state: DaemonState) -> int:

@@ -239,6 +239,11 @@ class Daemon:
         self.scheduler.add_job(self._job("retention", lambda: housekeeping.retention(store, cfg, state)),
                                "interval", seconds=cfg.intervals.retention, id="retention",
                                next_run_time=now + timedelta(seconds=30), misfire_grace_time=None, **hk)
+        # hourly rollups of the completed hours, plus catch-up of any day not (or no longer) rolled up
+        self.scheduler.add_job(self._job("rollup", lambda: housekeeping.rollup(store)),
+                               "cron", minute=5, id="rollup", next_run_time=now + timedelta(seconds=60),
+                               misfire_grace_time=None, **hk)
+
         def findings() -> None:
             state.prune(time.time())
             housekeeping.refresh_findings(store, state)

@@ -125,7 +125,8 @@ def generate(store: Store, cfg: Any, *, since: str | None = None, from_: dt.date
         if log:
             log(f"report: {msg} ({time.monotonic() - t0:.1f}s)")
 
-    a = persist.run(store, cfg.thresholds, since=since, from_=from_, to=to, now=now)
+    a = persist.run(store, cfg.thresholds, since=since, from_=from_, to=to, now=now,
+                    rollup_after=float(cfg.report.rollup_after))
     say(f"window {a.window.start:%Y-%m-%d %H:%M} – {a.window.end:%Y-%m-%d %H:%M} UTC")
     say(f"analysed and stored {a.stats['rows']:,} samples of {a.gpus.height} GPUs (run {a.run_id})")
     doc, out = write_report(store, cfg, a, out_dir=out_dir)

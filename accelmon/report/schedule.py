@@ -62,7 +62,7 @@ def report_job(store: Any, cfg: Any) -> Analysis | None:
     analytics/persist.py), then the renderers read that analysis (report files). Returns the
     analysis (None when it failed); the daemon then refreshes its /metrics gauges from the store."""
     try:
-        a = persist.run(store, cfg.thresholds)
+        a = persist.run(store, cfg.thresholds, rollup_after=float(cfg.report.rollup_after))
     except Exception:  # the daemon keeps running; the next day tries again
         log.exception("daily analysis failed")
         return None

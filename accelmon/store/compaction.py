@@ -157,3 +157,38 @@ def _compact_partition(store: Store, t: Table, day: str, min_files: int) -> Comp
             store._swap_link(link, new)
         (old / ".retired").write_text(str(time.time()))
         return CompactionResult(t.name, day, len(inputs), data.num_rows, out.stat().st_size)
+
+
+def replace_partition(store: Store, name: str, day: str, data: pa.Table | None) -> Path:
+    """Replace a partition's content with ``data`` (None: empty) as a new generation - the swap of
+    compaction, so a reader sees the old content or the new, never both. Files appended meanwhile
+    are *not* carried over: this is for derived tables (rollups) whose one writer is the caller."""
+    t = table(name)
+    data = to_arrow(t, data if data is not None else t.schema.empty_table())
+    keys = [c for c in t.sort_by if c in data.column_names]
+    if keys and data.num_rows:
+        data = data.take(sort_indices(data, keys))
+    with store._flock(t.name, "compact", fcntl.LOCK_EX):
+        old = store._current_gen(t.name, day, create=True)
+        assert old is not None
+        m = _GEN_RE.match(old.name)
+        new = old.parent / f"g{(int(m.group(1)) if m else 0) + 1:06d}"
+        while new.exists():  # leftover of a crashed replace
+            shutil.rmtree(new)
+        new.mkdir()
+        out = new / f"compact-{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = new / f".tmp-{out.name}"
+        try:
+            with open(tmp, "wb") as f:
+                write_parquet(t, data, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        os.rename(tmp, out)
+        fsync_dir(new)
+        with store._flock(t.name, "append", fcntl.LOCK_EX):
+            store._swap_link(store.root / "tables" / t.name / f"date={day}", new)
+        (old / ".retired").write_text(str(time.time()))
+    return out

@@ -448,6 +448,18 @@ GPU_ROLLUP_HOUR = _register(
             C("tensor_active_s", _F64, "tensor-active seconds (NULL: no activity source)"),
             C("dram_active_s", _F64, "DRAM-active seconds (NULL: no activity source)"),
             C("activity_covered_s", _F64, "seconds covered by activity readings (NULL: none)"),
+            # added by the rollups work (docs/store.md "Rollups"): what the report needs to give the raw
+            # path's figures from rollups
+            C("idle_full_s", _F64, "covered seconds of intervals with no kernel at all (Δbusy = 0 / held 0 %)"),
+            C("idle_full_energy_j", _F64, "energy of those fully idle intervals, J (NULL: not reported)"),
+            C("alloc_idle_s", _F64, "idle seconds of intervals while framebuffer ≥ 1 GiB was held"),
+            C("gap_s", _F64, "held-interval seconds excluded as gaps (Δt > 2 × the day's median held step)"),
+            C("gap_energy_j", _F64, "energy counter increase over the gap intervals, J (NULL: none)"),
+            C("intervals", _I32, "intervals counted (gaps excluded)"),
+            C("held_intervals", _I32, "of which held-gauge intervals (the rest: counters)"),
+            C("interval_s", _F64, "Σ Δt of the counted intervals (mean step = interval_s / intervals)"),
+            C("first_ts", TS, "first sample in the hour"),
+            C("last_ts", TS, "last sample in the hour"),
         ),
         partition_ts="hour_start",
         sort_by=("gpu_uuid", "source", "hour_start"),

@@ -302,6 +302,13 @@ class Store:
 
         return compact(self, tables, min_files=min_files, partitions=partitions, failures=failures)
 
+    def replace_partition(self, name: str, partition: str, data: Any) -> Path:
+        """Replace a derived table's day partition with ``data`` as a new generation (rollups;
+        accelmon/store/compaction.py)."""
+        from accelmon.store.compaction import replace_partition
+
+        return replace_partition(self, name, partition, data)
+
     # ------------------------------------------------------------------ housekeeping
     def gc(self, now: float | None = None) -> int:
         """Delete retired generations and stale temp files older than the grace period."""
