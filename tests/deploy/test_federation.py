@@ -48,7 +48,7 @@ def _page(site: str) -> str:
         "# TYPE accelmon_vm_placement_info gauge",
         f'accelmon_vm_placement_info{{{v},host="esx-{site}",cluster="cl-{site}"}} 1',
         "# TYPE accelmon_vm_power_watts gauge", f"accelmon_vm_power_watts{{{v}}} 300",
-        "# TYPE accelmon_source_success gauge", f'accelmon_source_success{{source="agent",target="a"}} 1',
+        "# TYPE accelmon_source_success gauge", 'accelmon_source_success{source="agent",target="a"} 1',
         "# TYPE accelmon_store_writable gauge", "accelmon_store_writable 1",
         "",
     ])
