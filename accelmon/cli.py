@@ -57,7 +57,8 @@ class State:
         from accelmon.store import Store
 
         cfg = self.config()
-        return Store(self.data_dir(), gc_grace_seconds=cfg.retention.gc_grace, read_only_ok=read_only_ok)
+        return Store(self.data_dir(), gc_grace_seconds=cfg.retention.gc_grace, read_only_ok=read_only_ok,
+                     shard=cfg.shard)
 
 
 state = State()

@@ -294,6 +294,19 @@ class AgentConfig(EndpointConfig):
         return self
 
 
+class StoreConfig(_Model):
+    # this daemon's shard of a shared data dir (docs/store.md, "Sharded writers"); default: the
+    # vCenter's name when exactly one is configured, else the host name (sanitized to [a-z0-9_-])
+    shard: str | None = None
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, v: str | None) -> str | None:
+        from accelmon.store.shards import validate
+
+        return None if v is None else validate(v)
+
+
 class Config(_Model):
     data_dir: Path | None = None
     log_level: str = "info"
@@ -308,6 +321,14 @@ class Config(_Model):
     exporter: ExporterConfig = Field(default_factory=ExporterConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     sources: dict[str, bool] = Field(default_factory=dict)  # enable/disable by source name
+    store: StoreConfig = Field(default_factory=StoreConfig)
+
+    @property
+    def shard(self) -> str:
+        """The shard this process writes: ``[store] shard``, else derived (accelmon/store/shards.py)."""
+        from accelmon.store.shards import derive
+
+        return self.store.shard or derive([v.display_name for v in self.vcenter])
 
     @field_validator("log_level")
     @classmethod

@@ -163,27 +163,28 @@ def plan_summary(rows: list[dict[str, Any]], steps: list[dict[str, Any]]) -> Pla
     )
 
 
-_LATEST = {
-    "inv_vcenter": "SELECT * EXCLUDE (date) FROM inv_vcenter "
+_LATEST = {  # {shard}: the daemon's own shard (validated [a-z0-9_-]); other shards are other daemons'
+    "inv_vcenter": "SELECT * EXCLUDE (date, shard) FROM inv_vcenter WHERE shard = '{shard}' "
     "QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)",
-    "inv_host": "SELECT * EXCLUDE (date) FROM inv_host "
+    "inv_host": "SELECT * EXCLUDE (date, shard) FROM inv_host WHERE shard = '{shard}' "
     "QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)",
-    "inv_vm": "SELECT * EXCLUDE (date) FROM inv_vm "
+    "inv_vm": "SELECT * EXCLUDE (date, shard) FROM inv_vm WHERE shard = '{shard}' "
     "QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)",
-    "inv_vm_gpu": "SELECT * EXCLUDE (date) FROM inv_vm_gpu "
+    "inv_vm_gpu": "SELECT * EXCLUDE (date, shard) FROM inv_vm_gpu WHERE shard = '{shard}' "
     "QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)",
-    "agent_gpu": "SELECT * EXCLUDE (date) FROM agent_gpu QUALIFY ts = max(ts) OVER (PARTITION BY agent_url)",
+    "agent_gpu": "SELECT * EXCLUDE (date, shard) FROM agent_gpu WHERE shard = '{shard}' "
+    "QUALIFY ts = max(ts) OVER (PARTITION BY agent_url)",
 }
 
 
 def load_latest_inventory(store: Store, state: DaemonState) -> dict[str, int]:
-    """Seed the state with the store's latest inventory snapshot and agent identities."""
+    """Seed the state with the latest inventory snapshot and agent identities of this daemon's shard."""
     con = store.connect(threads=1)
     out: dict[str, int] = {}
     try:
         tables = {}
         for name, sql in _LATEST.items():
-            t = _arrow(con, sql)
+            t = _arrow(con, sql.format(shard=store.shard))
             if t.num_rows:
                 tables[name] = t
                 out[name] = t.num_rows

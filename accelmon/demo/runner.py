@@ -261,7 +261,7 @@ def _run(data_dir: Path, work: Path, duration: float | None, vms: int, ui: Displ
         if once.proc.wait() != 0:
             raise UserError(f"demo: the first poll failed: {once.log_tail(3)}")
 
-    store = Store(data_dir, gc_grace_seconds=cfg.retention.gc_grace)
+    store = Store(data_dir, gc_grace_seconds=cfg.retention.gc_grace, shard=cfg.shard)
     with ui.step(f"backfilling {HISTORY_DAYS} days of history (accelerated simulated time)", total=None) as upd:
         res = backfill(store, plans, sim.manifest, start=live_start - HISTORY_DAYS * 86400, end=live_start,
                        progress=upd)

@@ -58,21 +58,21 @@ VIEWS: dict[str, tuple[str, str]] = {
     "hosts": (
         "Latest inventory snapshot of hosts per vCenter.",
         """
-        SELECT * EXCLUDE (date) FROM inv_host
+        SELECT * EXCLUDE (date, shard) FROM inv_host
         QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)
         """,
     ),
     "host_gpus": (
         "Latest snapshot of host PCI GPUs with their NUMA node.",
         """
-        SELECT * EXCLUDE (date) FROM inv_host_pci
+        SELECT * EXCLUDE (date, shard) FROM inv_host_pci
         QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)
         """,
     ),
     "vms": (
         "Latest inventory snapshot of GPU VMs per vCenter.",
         """
-        SELECT * EXCLUDE (date) FROM inv_vm
+        SELECT * EXCLUDE (date, shard) FROM inv_vm
         QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)
         """,
     ),
@@ -98,7 +98,7 @@ VIEWS: dict[str, tuple[str, str]] = {
     "latest_findings": (
         "Findings of the most recent analytics run.",
         """
-        SELECT * EXCLUDE (date) FROM findings
+        SELECT * EXCLUDE (date, shard) FROM findings
         WHERE run_id = (SELECT arg_max(run_id, generated_at) FROM findings)
         """,
     ),
@@ -122,9 +122,11 @@ _DUCK_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "int32": "INTEGER", "int1
 
 
 def table_view_sql(store: Store, name: str, files: list[Path] | None = None) -> str:
-    """The raw table's view: all of its partitions (``date=*`` only, so a stray entry such as a
-    ``.tmp-link-*`` left by a kill never reaches the reader), or exactly ``files``; a typed empty
-    relation when ``files`` is empty."""
+    """The raw table's view: all of its partitions in every shard (``shard=*/date=*`` only, so a
+    stray entry such as a ``.tmp-link-*`` left by a kill never reaches the reader), or exactly
+    ``files``; a typed empty relation when ``files`` is empty. The hive keys become the columns
+    ``date`` (DATE) and ``shard`` (VARCHAR, typed explicitly: a shard named ``2024`` must not turn
+    the column into a number)."""
     if files is None:
         src = _q(store.table_glob(name))
     elif files:
@@ -132,9 +134,13 @@ def table_view_sql(store: Store, name: str, files: list[Path] | None = None) -> 
     else:
         t = TABLES[name]
         cols = ", ".join(f"CAST(NULL AS {_duck_type(c.type)}) AS {c.name}" for c in t.columns)
-        return f"CREATE OR REPLACE VIEW {name} AS SELECT {cols}, CAST(NULL AS DATE) AS date WHERE false"
-    return (f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet("
-            f"{src}, hive_partitioning = true, union_by_name = true)")
+        return (f"CREATE OR REPLACE VIEW {name} AS SELECT {cols}, CAST(NULL AS DATE) AS date, "
+                "CAST(NULL AS VARCHAR) AS shard WHERE false")
+    legacy = "shard=" not in src  # a store still in the unsharded layout (read-only): no shard key
+    hive = "{'date': DATE}" if legacy else "{'date': DATE, 'shard': VARCHAR}"
+    extra = ", CAST(NULL AS VARCHAR) AS shard" if legacy else ""
+    return (f"CREATE OR REPLACE VIEW {name} AS SELECT *{extra} FROM read_parquet("
+            f"{src}, hive_partitioning = true, hive_types = {hive}, union_by_name = true)")
 
 
 def view_statements(store: Store) -> list[str]:
@@ -165,8 +171,9 @@ def define_views(con: Any, store: Store) -> list[Path]:
                 continue
             if not bad:
                 raise
-        if store.quarantine_bad_files and store.writable:
-            for b in bad:
+        own = [b for b in bad if b.shard in ("", store.shard)]  # never another host's shard
+        if store.quarantine_bad_files and store.writable and own:
+            for b in own:
                 check.quarantine(store, b)
             with contextlib.suppress(duckdb.Error):
                 con.execute(table_view_sql(store, name))

@@ -5,12 +5,13 @@
   cannot be decoded. DuckDB reads every file's footer when a view is bound, so one such file
   would stop every query of every table; it is reported once by name and **quarantined**: moved
   to ``<data-dir>/quarantine/<its path under the data dir as readers see it>`` (e.g.
-  ``quarantine/tables/gpu_sample/date=2026-11-26/part-….parquet``), never deleted.
-* A **leftover link** is a ``tables/<table>/.tmp-link-*`` symlink of a partition swap that a
-  kill interrupted between ``symlink`` and ``rename``; it is removed.
+  ``quarantine/tables/gpu_sample/shard=vc-a/date=2026-11-26/part-….parquet``), never deleted.
+* A **leftover link** is a ``tables/<table>/shard=<s>/.tmp-link-*`` symlink of a partition swap
+  that a kill interrupted between ``symlink`` and ``rename``; it is removed.
 
-``accelmon store check`` lists both (exit 1 when there is any), ``--repair`` fixes both and
-rebuilds the catalog. The daemon quarantines a bad file the first time a view fails on it.
+``accelmon store check`` lists both over every shard (exit 1 when there is any), ``--repair``
+fixes those of its own shard only (another shard's files belong to its writer host) and rebuilds
+the catalog. The daemon quarantines a bad file of its shard the first time a view fails on it.
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ class BadFile:
     partition: str
     path: Path  # the file in its generation directory
     reason: str
+    shard: str = ""
 
     def shown(self, store: Store) -> Path:
-        """The path as readers see it: ``<data-dir>/tables/<table>/date=<day>/<name>``."""
-        return store.root / "tables" / self.table / f"date={self.partition}" / self.path.name
+        """The path as readers see it: ``<data-dir>/tables/<table>/shard=<s>/date=<day>/<name>``."""
+        return store.link_path(self.table, self.partition, self.shard or None) / self.path.name
 
 
 @dataclass
@@ -67,6 +69,7 @@ class RepairResult:
     quarantined: list[Path] = field(default_factory=list)  # where each bad file went
     links_removed: list[Path] = field(default_factory=list)
     catalog_written: bool = False
+    not_own: list[BadFile] = field(default_factory=list)  # bad files of other shards, left alone
 
 
 def file_problem(path: Path, *, deep: bool) -> str | None:
@@ -84,33 +87,39 @@ def file_problem(path: Path, *, deep: bool) -> str | None:
 def find_bad_files(store: Store, tables: list[str] | None = None, *, deep: bool = False) -> list[BadFile]:
     out: list[BadFile] = []
     for name in tables or list(TABLES):
-        for part in store.partitions(name):
-            for f in store.files(name, part):
-                why = file_problem(f, deep=deep)
-                if why is not None:
-                    out.append(BadFile(name, part, f, why))
+        for shard in store.shards(name):
+            for part in store.own_partitions(name, shard):
+                for f in store.own_files(name, part, shard):
+                    why = file_problem(f, deep=deep)
+                    if why is not None:
+                        out.append(BadFile(name, part, f, why, shard))
     return out
 
 
-def leftover_links(store: Store) -> list[Path]:
+def leftover_links(store: Store, *, own: bool = False) -> list[Path]:
+    """``.tmp-link-*`` of interrupted swaps, in every shard (or only in this one)."""
     out: list[Path] = []
     tables = store.root / "tables"
     if not tables.is_dir():
         return out
+    pattern = f"shard={store.shard}" if own else "shard=*"
     for tdir in sorted(p for p in tables.iterdir() if p.is_dir()):
-        out += sorted(tdir.glob(".tmp-link-*"))
+        out += sorted(tdir.glob(".tmp-link-*"))  # the unsharded layout's
+        out += sorted(tdir.glob(f"{pattern}/.tmp-link-*"))
     return out
 
 
 def check(store: Store, *, deep: bool = True) -> CheckResult:
+    """Every shard's files and leftovers (reading is safe whoever writes them)."""
     res = CheckResult(leftover_links=leftover_links(store))
     for name in TABLES:
-        for part in store.partitions(name):
-            for f in store.files(name, part):
-                res.files_checked += 1
-                why = file_problem(f, deep=deep)
-                if why is not None:
-                    res.bad_files.append(BadFile(name, part, f, why))
+        for shard in store.shards(name):
+            for part in store.own_partitions(name, shard):
+                for f in store.own_files(name, part, shard):
+                    res.files_checked += 1
+                    why = file_problem(f, deep=deep)
+                    if why is not None:
+                        res.bad_files.append(BadFile(name, part, f, why, shard))
     return res
 
 
@@ -126,10 +135,17 @@ def report_bad(store: Store, bad: list[BadFile]) -> None:
 
 
 def quarantine(store: Store, bad: BadFile) -> Path:
-    """Move a bad file out of its generation to ``quarantine/tables/<table>/date=<day>/<name>``.
+    """Move a bad file of this store's shard out of its generation to
+    ``quarantine/tables/<table>/shard=<s>/date=<day>/<name>``.
 
     Under the table's compaction lock, so no compaction is reading it; appends are unaffected.
-    A rename within the data dir: the bytes are kept for inspection, nothing is deleted."""
+    A rename within the data dir: the bytes are kept for inspection, nothing is deleted.
+    Another shard's file is never moved (its writer host does that): StoreError."""
+    if bad.shard and bad.shard != store.shard:
+        from accelmon.store.writer import StoreError
+
+        raise StoreError(f"{bad.shown(store)}: belongs to shard {bad.shard}; repair it from that shard's "
+                         f"writer (accelmon store check --repair with [store] shard = \"{bad.shard}\")")
     dest = store.root / QUARANTINE_DIR / bad.shown(store).relative_to(store.root)
     with store._flock(bad.table, "compact", fcntl.LOCK_EX):
         if not bad.path.exists():
@@ -149,8 +165,9 @@ def remove_leftover_links(store: Store) -> list[Path]:
     """Remove ``.tmp-link-*`` of interrupted partition swaps, under each table's append lock taken
     exclusively (appenders hold it shared and compaction's swap exclusively, so no swap is in flight)."""
     removed: list[Path] = []
-    for link in leftover_links(store):
-        with store._flock(link.parent.name, "append", fcntl.LOCK_EX):
+    for link in leftover_links(store, own=True):
+        tname = link.parent.name if not link.parent.name.startswith("shard=") else link.parent.parent.name
+        with store._flock(tname, "append", fcntl.LOCK_EX):
             if link.is_symlink() or link.exists():
                 link.unlink()
                 fsync_dir(link.parent)
@@ -160,8 +177,12 @@ def remove_leftover_links(store: Store) -> list[Path]:
 
 def repair(store: Store, result: CheckResult | None = None) -> RepairResult:
     result = result if result is not None else check(store)
+    store.prepare_writer()
     out = RepairResult(links_removed=remove_leftover_links(store))
     for b in result.bad_files:
+        if b.shard and b.shard != store.shard:
+            out.not_own.append(b)  # another host's shard: reported, never touched
+            continue
         out.quarantined.append(quarantine(store, b))
     out.catalog_written = store.ensure_catalog()
     return out

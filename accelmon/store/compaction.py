@@ -88,17 +88,18 @@ def compact(
     it is left as it was and appended to ``failures`` (or, without that list, logged once per
     table and run)."""
     results = []
+    store.prepare_writer()
     for name in tables or list(TABLES):
         t = table(name)
         failed: list[CompactionFailure] = []
-        for day in partitions or store.partitions(name):
+        for day in partitions or store.own_partitions(name):  # this shard only
             if day == EPOCH_PARTITION:
                 continue
             try:
                 r = _compact_partition(store, t, day, min_files)
             except Exception as e:  # noqa: BLE001 - one partition must not stop the rest
                 if isinstance(e, BadParquetFile):
-                    shown = store.root / "tables" / name / f"date={day}" / e.path.name
+                    shown = store.link_path(name, day) / e.path.name
                     failed.append(CompactionFailure(name, day, f"{shown}: unreadable Parquet file ({e.reason})",
                                                     e.path))
                 else:
@@ -147,7 +148,7 @@ def _compact_partition(store: Store, t: Table, day: str, min_files: int) -> Comp
             shutil.rmtree(new, ignore_errors=True)
             raise
         os.rename(tmp, out)
-        link = store.root / "tables" / t.name / f"date={day}"
+        link = store.link_path(t.name, day)
         with store._flock(t.name, "append", fcntl.LOCK_EX):
             done = {p.name for p in inputs}
             for p in sorted(old.glob("*.parquet")):

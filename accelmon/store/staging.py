@@ -6,6 +6,8 @@ Used by ``accelmon import-trace``; works for any table. The sequence (see docs/s
 1. :class:`Staging` makes ``<data-dir>/.staging/<id>/`` (same file system as the store, so a
    publish is a ``rename(2)``) and holds an exclusive ``flock`` on ``<id>/.lock`` for its whole
    life: a staging dir whose lock can be taken belongs to a process that died.
+   The id starts with the writer's shard: :func:`recover` only ever looks at its own shard's dirs,
+   so an import running on another shard's host (whose ``flock`` this host cannot see) is safe.
 2. The caller writes and ``fsync``\\ s its files there (invisible to readers: they glob
    ``tables/<t>/*/*.parquet``) and validates everything.
 3. :func:`publish`, under the ledger lock: re-checks the ledger (a concurrent import of the same
@@ -91,7 +93,9 @@ class Staging:
         self.store = store
         root = store.root / STAGING
         root.mkdir(exist_ok=True)
-        self.id = f"{time.time_ns() // 1_000_000:013d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        store.prepare_writer()
+        # "<shard>.<ms>-<pid>-<hex>": recover() of another shard's writer host leaves it alone
+        self.id = f"{store.shard}.{time.time_ns() // 1_000_000:013d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         # made under a temporary name and renamed once locked, so recover() never sees it unlocked
         tmp = root / f".tmp-{self.id}"
         tmp.mkdir()
@@ -169,7 +173,7 @@ def _record(store: Store, ledger: str, key: str, entry: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------- publish
 def _link(store: Store, tname: str, day: str) -> Path:
-    return store.root / "tables" / tname / f"date={day}"
+    return store.link_path(tname, day)
 
 
 def _publish_one(store: Store, sdir: Path, f: StagedFile) -> Path:
@@ -271,8 +275,8 @@ def recover(store: Store) -> list[str]:
         return []
     out = []
     for d in sorted(root.iterdir()):
-        if not d.is_dir():
-            continue
+        if not d.is_dir() or _staging_shard(d.name) not in (None, store.shard):
+            continue  # another shard's import: its lock lives on another host (docs/store.md)
         if d.name.startswith(".tmp-"):  # died between mkdir and rename (or is doing it right now)
             with contextlib.suppress(OSError):
                 if time.time() - d.stat().st_mtime > 3600:
@@ -299,6 +303,12 @@ def recover(store: Store) -> list[str]:
         finally:
             os.close(fd)
     return out
+
+
+def _staging_shard(name: str) -> str | None:
+    """The shard of a staging dir's name (``[.tmp-]<shard>.<ms>-…``); None for one made before shards."""
+    name = name.removeprefix(".tmp-")
+    return name.split(".", 1)[0] if "." in name else None
 
 
 def _roll_forward(store: Store, d: Path, journal: dict[str, Any], label: str) -> str:

@@ -3,9 +3,13 @@
 Layout under the data dir (see docs/store.md for why)::
 
     accelmon.duckdb                                   catalog: views only, opened for milliseconds
-    tables/<table>/date=YYYY-MM-DD  -> symlink to the partition's current generation
-    .gen/<table>/date=YYYY-MM-DD/g000001/part-….parquet
-    .gen/<table>/.append.lock, .compact.lock          flock(2) files
+    tables/<table>/shard=<s>/date=YYYY-MM-DD  -> symlink to the partition's current generation
+    .gen/<table>/shard=<s>/date=YYYY-MM-DD/g000001/part-….parquet
+    .gen/<table>/shard=<s>/.append.lock, .compact.lock   flock(2) files (the shard's writer host only)
+    shards/<s>.json                                   which host writes shard <s> (store/shards.py)
+
+* Each writer appends, compacts, retains and garbage-collects only its own shard; readers see
+  the union of all shards (``partitions``/``files`` and the views cover every shard).
 
 * An append writes ``.tmp-…`` in the partition's current generation directory, fsyncs it,
   renames it to ``part-….parquet`` and fsyncs the directory before returning: a returned
@@ -40,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from accelmon.store import shards
 from accelmon.store.fsutil import fsync_dir
 from accelmon.store.schema import TABLES, Table, table
 
@@ -55,7 +60,6 @@ _counter = itertools.count()
 
 class StoreError(Exception):
     """A problem with the data dir that the user must fix (one line, names the path)."""
-
 
 
 def to_arrow(t: Table, rows: Any) -> pa.Table:
@@ -154,18 +158,26 @@ def write_parquet(t: Table, data: pa.Table, f: Any, *, level: int = 6) -> None:
 
 
 class Store:
-    """The data dir. Thread-safe; several processes may append concurrently."""
+    """The data dir. Thread-safe; several processes may append concurrently.
+
+    ``shard`` names the part of the data dir this process writes (default: derived from the host
+    name, see :func:`accelmon.store.shards.derive`); reading always covers every shard."""
 
     def __init__(self, data_dir: str | os.PathLike[str], *, gc_grace_seconds: float = 600.0,
-                 read_only_ok: bool = False) -> None:
+                 read_only_ok: bool = False, shard: str | None = None) -> None:
         """Open (and create) the data dir. With ``read_only_ok``, a data dir this process cannot
         write (read-only mount, no permission) opens for reading: ``writable`` is then False."""
         self.root = Path(data_dir).absolute()
+        try:
+            self.shard = shards.validate(shard) if shard is not None else shards.derive()
+        except ValueError as e:
+            raise StoreError(f"{self.root}: shard: {e}") from None
         self.gc_grace_seconds = gc_grace_seconds
         self.writable = True
         # the daemon sets this: a file a view cannot read is moved to quarantine/ (store/check.py)
         self.quarantine_bad_files = False
         self._tlock = threading.Lock()
+        self._writer_ready = False
         self._init_layout(read_only_ok)
 
     # ------------------------------------------------------------------ layout
@@ -182,14 +194,36 @@ class Store:
                 self.writable = False
                 return
             raise StoreError(f"{self.root}: {err}") from None
-        from accelmon.store.check import remove_leftover_links
+        if any(shards.legacy_partitions(self.root, t) for t in TABLES):
+            self.prepare_writer()  # an unsharded store: move it into this shard now (docs/store.md)
 
-        for link in remove_leftover_links(self):  # a kill inside a partition swap (docs/store.md)
-            log.warning("%s: removed the leftover of an interrupted partition swap", link)
+    def prepare_writer(self) -> None:
+        """Before this process first writes its shard: claim the shard for this host, move an
+        unsharded store into it, remove leftovers of a killed partition swap, and give every
+        table its (empty) epoch file so the views resolve. Idempotent; readers never call it."""
+        if self._writer_ready:
+            return
+        with self._tlock:
+            if self._writer_ready:
+                return
+            if not self.writable:
+                raise StoreError(f"{self.root}: data dir is not writable")
+            shards.claim(self)
+            for name in TABLES:
+                if shards.legacy_partitions(self.root, name):
+                    with self._flock(name, "compact", fcntl.LOCK_EX), self._flock(name, "append", fcntl.LOCK_EX):
+                        n = shards.migrate_legacy(self, name)
+                    log.info("%s: moved %d partition(s) of the unsharded layout into shard %s", name, n, self.shard)
+            from accelmon.store.check import remove_leftover_links
+
+            for link in remove_leftover_links(self):  # a kill inside a partition swap (docs/store.md)
+                log.warning("%s: removed the leftover of an interrupted partition swap", link)
+            self._writer_ready = True
         self.ensure_epoch_files()
 
     def ensure_epoch_files(self, tables: Iterable[str] | None = None) -> None:
-        """Every table keeps one (empty) file in the 1970-01-01 partition, so its view resolves."""
+        """Every table keeps one (empty) file in the 1970-01-01 partition of this shard, so its view
+        resolves."""
         for name in tables or list(TABLES):
             t = table(name)
             gen = self._current_gen(t.name, EPOCH_PARTITION, create=False)
@@ -197,14 +231,33 @@ class Store:
                 self._append_partition(t, EPOCH_PARTITION, t.schema.empty_table())
 
     def table_glob(self, name: str) -> str:
-        return str(self.root / "tables" / name / "date=*" / "*.parquet")
+        """Every shard's partitions; a store still in the unsharded layout (read-only, not yet
+        migrated by a writer) is read as it is."""
+        if not self.shards(name) and shards.legacy_partitions(self.root, name):
+            return str(self.root / "tables" / name / "date=*" / "*.parquet")
+        return str(self.root / "tables" / name / "shard=*" / "date=*" / "*.parquet")
 
-    def _gen_root(self, tname: str) -> Path:
-        return self.root / ".gen" / tname
+    def shards(self, name: str | None = None) -> list[str]:
+        """The shards present (of one table, or of any)."""
+        names = [name] if name else list(TABLES)
+        out: set[str] = set()
+        for n in names:
+            d = self.root / "tables" / n
+            if d.is_dir():
+                out.update(p.name.split("=", 1)[1] for p in d.iterdir() if p.name.startswith("shard="))
+        return sorted(out)
+
+    def gen_root(self, tname: str, shard: str | None = None) -> Path:
+        return self.root / ".gen" / tname / f"shard={shard or self.shard}"
+
+    def link_path(self, tname: str, partition: str, shard: str | None = None) -> Path:
+        """The partition link readers glob: ``tables/<t>/shard=<s>/date=<day>``."""
+        return self.root / "tables" / tname / f"shard={shard or self.shard}" / f"date={partition}"
 
     @contextmanager
     def _flock(self, tname: str, which: str, mode: int) -> Iterator[None]:
-        d = self._gen_root(tname)
+        """A lock of this shard only: all its takers run on the shard's one writer host."""
+        d = self.gen_root(tname)
         d.mkdir(parents=True, exist_ok=True)
         fd = os.open(d / f".{which}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -214,8 +267,8 @@ class Store:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
-    def _current_gen(self, tname: str, partition: str, create: bool) -> Path | None:
-        link = self.root / "tables" / tname / f"date={partition}"
+    def _current_gen(self, tname: str, partition: str, create: bool, shard: str | None = None) -> Path | None:
+        link = self.link_path(tname, partition, shard)
         if link.is_symlink():
             gen = link.resolve()
             if create and not gen.is_dir():  # its generation was removed by hand: start it again
@@ -223,7 +276,7 @@ class Store:
             return gen
         if not create:
             return None
-        gen = self._gen_root(tname) / f"date={partition}" / "g000001"
+        gen = self.gen_root(tname) / f"date={partition}" / "g000001"
         gen.mkdir(parents=True, exist_ok=True)
         link.parent.mkdir(parents=True, exist_ok=True)
         self._swap_link(link, gen)
@@ -255,6 +308,7 @@ class Store:
         return data.num_rows
 
     def _append_partition(self, t: Table, day: str, data: pa.Table) -> Path:
+        self.prepare_writer()
         with self._flock(t.name, "append", fcntl.LOCK_SH):
             gen = self._current_gen(t.name, day, create=True)
             assert gen is not None
@@ -275,16 +329,29 @@ class Store:
 
     # ------------------------------------------------------------------ compaction
     def partitions(self, name: str) -> list[str]:
-        d = self.root / "tables" / name
+        """The days of a table, over every shard (for readers)."""
+        days: set[str] = set()
+        for s in self.shards(name):
+            days.update(self.own_partitions(name, s))
+        return sorted(days)
+
+    def own_partitions(self, name: str, shard: str | None = None) -> list[str]:
+        """The days of a table in this shard (or in ``shard``): what compaction and retention touch."""
+        d = self.root / "tables" / name / f"shard={shard or self.shard}"
         if not d.exists():
             return []
         return sorted(p.name.split("=", 1)[1] for p in d.iterdir() if p.name.startswith("date="))
 
     def files(self, name: str, partition: str | None = None) -> list[Path]:
-        parts = [partition] if partition else self.partitions(name)
+        """The visible Parquet files of a table (one day, or all), over every shard (for readers)."""
+        return [f for s in self.shards(name) for f in self.own_files(name, partition, s)]
+
+    def own_files(self, name: str, partition: str | None = None, shard: str | None = None) -> list[Path]:
+        """The visible Parquet files of this shard (or of ``shard``)."""
+        parts = [partition] if partition else self.own_partitions(name, shard)
         out: list[Path] = []
         for p in parts:
-            gen = self._current_gen(name, p, create=False)
+            gen = self._current_gen(name, p, create=False, shard=shard)
             if gen is not None and gen.exists():
                 out += sorted(gen.glob("*.parquet"))
         return out
@@ -311,18 +378,19 @@ class Store:
 
     # ------------------------------------------------------------------ housekeeping
     def gc(self, now: float | None = None) -> int:
-        """Delete retired generations and stale temp files older than the grace period."""
+        """Delete this shard's retired generations and stale temp files older than the grace period."""
+        self.prepare_writer()
         now = time.time() if now is None else now
         removed = 0
         for tmp in self.root.glob(".tmp-catalog-*"):  # a catalog write that was killed
             if now - tmp.lstat().st_mtime > self.gc_grace_seconds:
                 tmp.unlink(missing_ok=True)
         for t in TABLES:
-            root = self._gen_root(t)
+            root = self.gen_root(t)
             if not root.exists():
                 continue
             for pdir in root.glob("date=*"):
-                link = self.root / "tables" / t / pdir.name
+                link = self.link_path(t, pdir.name.split("=", 1)[1])
                 current = link.resolve() if link.is_symlink() else None
                 for gen in pdir.iterdir():
                     if not gen.is_dir() or gen == current:
@@ -340,13 +408,14 @@ class Store:
         return removed
 
     def drop_partitions_before(self, name: str, day: dt.date) -> list[str]:
-        """Retention: unlink whole partitions older than ``day`` (data removed after gc grace)."""
+        """Retention: unlink this shard's whole partitions older than ``day`` (data removed after gc grace)."""
+        self.prepare_writer()
         dropped = []
-        for p in self.partitions(name):
+        for p in self.own_partitions(name):
             if p == EPOCH_PARTITION:
                 continue
             if dt.date.fromisoformat(p) < day:
-                link = self.root / "tables" / name / f"date={p}"
+                link = self.link_path(name, p)
                 target = link.resolve()
                 link.unlink()
                 fsync_dir(link.parent)
@@ -383,6 +452,7 @@ class Store:
         """(Re)write the catalog file's views. Returns False when another process holds it."""
         from accelmon.store.catalog import write_catalog
 
+        self.prepare_writer()  # this shard's epoch files: the catalog's globs must match a file
         return write_catalog(self)
 
     @property

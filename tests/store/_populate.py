@@ -66,7 +66,7 @@ def _hashable(v: Any) -> Any:
 def multiset(store: Store, name: str) -> Counter[tuple[Any, ...]]:
     con = store.connect()
     try:
-        rows = con.execute(f"SELECT * EXCLUDE (date) FROM {name}").fetchall()
+        rows = con.execute(f"SELECT * EXCLUDE (date, shard) FROM {name}").fetchall()
     finally:
         con.close()
     return Counter(tuple(_hashable(v) for v in r) for r in rows)

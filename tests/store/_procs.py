@@ -60,8 +60,37 @@ def reader(catalog: str, seconds: float, stop_file: str | None) -> None:
     con.close()
 
 
+def shard_reader(catalog: str, stop_file: str) -> None:
+    """Hold the catalog open read-only and query every shard until ``stop_file`` exists; print one
+    JSON line per query ({shard: [rows, distinct (gpu, source, ts)]}), "retry" for the documented
+    compaction race, "ERROR …" for anything else (and go on)."""
+    import json
+    import os
+
+    con = duckdb.connect(catalog, read_only=True)
+    print("open", flush=True)
+    while not os.path.exists(stop_file):
+        try:
+            rows = con.execute("SELECT shard, count(*), count(DISTINCT (gpu_uuid, source, ts)) FROM gpu_sample "
+                               "WHERE date > DATE '1970-01-01' GROUP BY shard").fetchall()
+        except duckdb.IOException as e:
+            if "No such file" not in str(e):  # a query planned just before a compaction swap (docs/store.md)
+                print("ERROR " + " ".join(str(e).split()), flush=True)
+            else:
+                print("retry", flush=True)
+            continue
+        except duckdb.Error as e:
+            print("ERROR " + " ".join(str(e).split()), flush=True)
+            continue
+        print(json.dumps({s: [n, d] for s, n, d in rows}), flush=True)
+        time.sleep(0.2)
+    con.close()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "writer":
         writer(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    elif sys.argv[1] == "shard_reader":
+        shard_reader(sys.argv[2], sys.argv[3])
     else:
         reader(sys.argv[2], float(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)

@@ -80,7 +80,8 @@ def test_the_daemons_store_quarantines_a_bad_file_on_the_first_failing_view(tmp_
         assert store.connect().execute("SELECT count(*) FROM nvlink_sample").fetchone()[0] == 2
     finally:
         logging.getLogger("accelmon.store").removeHandler(handler)
-    moved = tmp_path / "quarantine" / "tables" / "nvlink_sample" / bad.parent.parent.name / bad.name
+    moved = (tmp_path / "quarantine" / "tables" / "nvlink_sample" / f"shard={store.shard}" / bad.parent.parent.name
+             / bad.name)
     assert moved.read_bytes() == raw[:20] and not bad.exists()
     named = [r.getMessage() for r in records if bad.name in r.getMessage()]
     assert len(named) == 1 and "moved to" in named[0]

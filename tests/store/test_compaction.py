@@ -20,7 +20,7 @@ from ._populate import multiset, populate
 
 
 def _generations(store: Store, name: str, partition: str) -> list[Path]:
-    return sorted(p for p in (store.root / ".gen" / name / f"date={partition}").iterdir() if p.is_dir())
+    return sorted(p for p in (store.gen_root(name) / f"date={partition}").iterdir() if p.is_dir())
 
 
 def test_compaction_of_every_table_keeps_the_row_multiset_and_gc_removes_old_generations(tmp_path: Path) -> None:
@@ -114,7 +114,7 @@ def test_daemon_compaction_job_survives_a_bad_file_and_always_gcs(tmp_path: Path
         if name != "gpu_sample":
             assert multiset(store, name) == others[name]
     # the bad file is out of the partition, kept in quarantine under the path readers knew
-    moved = tmp_path / "quarantine" / "tables" / "gpu_sample" / f"date={bad_part}" / victim.name
+    moved = tmp_path / "quarantine" / "tables" / "gpu_sample" / f"shard={store.shard}" / f"date={bad_part}" / victim.name
     assert moved.is_file() and not victim.exists()
     # the next run compacts what is left of that partition
     assert housekeeping.compact(store, state) == []
