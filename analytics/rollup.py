@@ -4,7 +4,7 @@ One day at a time: the samples of [D − 24 h, end of D] are aggregated by :func
 with the interval arithmetic of the raw path, counting only the intervals whose **end sample** lies in
 day D and grouping them by the UTC hour of that end sample. Held-gauge gaps are decided with the
 series' median held step over the day. The day is written as one new generation of its partition
-(``Store.replace_partition``), so re-running it replaces it. ``state/rollup.json`` records per day the
+(``Store.replace_partition``), so re-running it replaces it. ``state/rollup.<shard>.json`` records per day the
 hour it is complete through and a fingerprint of the raw files it read.
 """
 
@@ -45,8 +45,9 @@ def hour_rows(store: Store, day: dt.date, through: dt.datetime | None = None,
     if end <= d0:
         return pl.DataFrame()
     start = d0 - LOOKBACK
+    # this shard's samples only: each daemon rolls up what it wrote (docs/store.md, "Sharded writers")
     sa = aggregate(store, start, end - dt.timedelta(milliseconds=1), count_from=d0, bucket_ms=HOUR_MS,
-                   heat_cells=1, threads=threads)
+                   heat_cells=1, threads=threads, shard=store.shard)
     agg, stats = sa.agg, sa.stats
     if not stats.height:
         return pl.DataFrame()
@@ -106,13 +107,14 @@ def hour_rows(store: Store, day: dt.date, through: dt.datetime | None = None,
 
 
 # ---------------------------------------------------------------------------------------------- state
-def _state_path(store: Store) -> Path:
-    return store.root / "state" / "rollup.json"
+def _state_path(store: Store, shard: str | None = None) -> Path:
+    """Per shard: each daemon rolls up its own shard and records it in its own file."""
+    return store.root / "state" / f"rollup.{shard or store.shard}.json"
 
 
-def load_state(store: Store) -> dict[str, Any]:
+def load_state(store: Store, shard: str | None = None) -> dict[str, Any]:
     try:
-        doc = json.loads(_state_path(store).read_text())
+        doc = json.loads(_state_path(store, shard).read_text())
     except (OSError, ValueError):
         return {"days": {}}
     return doc if isinstance(doc, dict) and isinstance(doc.get("days"), dict) else {"days": {}}
@@ -130,7 +132,7 @@ def fingerprint(store: Store, day: dt.date) -> str:
     """The raw files a rollup of ``day`` reads (the day and the day before): names and sizes."""
     parts = []
     for d in (day - dt.timedelta(days=1), day):
-        for f in store.files("gpu_sample", d.isoformat()):
+        for f in store.own_files("gpu_sample", d.isoformat()):
             try:
                 parts.append(f"{d}/{f.name}:{f.stat().st_size}")
             except OSError:
@@ -153,7 +155,7 @@ def rollup_day(store: Store, day: dt.date, now: dt.datetime | None = None, threa
 
 
 def raw_days(store: Store) -> list[dt.date]:
-    return [dt.date.fromisoformat(p) for p in store.partitions("gpu_sample") if p != EPOCH_PARTITION]
+    return [dt.date.fromisoformat(p) for p in store.own_partitions("gpu_sample") if p != EPOCH_PARTITION]
 
 
 def pending(store: Store, now: dt.datetime | None = None) -> list[dt.date]:
@@ -186,8 +188,14 @@ def run(store: Store, *, from_: dt.date | None = None, to: dt.date | None = None
 
 
 def rolled_through(store: Store, h0: dt.datetime, h1: dt.datetime) -> dt.datetime:
-    """The end Hr ≤ h1 of the contiguous rolled-up hours from h0 (h0 itself when none)."""
-    days = load_state(store)["days"]
+    """The end Hr ≤ h1 of the contiguous hours from h0 that every shard holding samples has rolled
+    up (h0 itself when none): readers see the union of the shards, so an hour one shard has not
+    rolled up yet is read raw for all."""
+    ends = [_rolled_through(load_state(store, s)["days"], h0, h1) for s in store.shards("gpu_sample")]
+    return min(ends, default=h0)
+
+
+def _rolled_through(days: dict[str, Any], h0: dt.datetime, h1: dt.datetime) -> dt.datetime:
     hr = h0
     while hr < h1:
         st = days.get(hr.date().isoformat())

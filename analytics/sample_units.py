@@ -84,15 +84,18 @@ VALUE_COLS = ("util_percent", "busy_ms_total", "idle_ms_total", "fb_used_bytes",
                "power_milliwatts", "energy_millijoules_total")
 
 
-def list_units(store: Store, start_ms: int, end_ms: int) -> list[Unit]:
-    """Row groups of gpu_sample whose ts range meets [start, end] (Parquet statistics)."""
+def list_units(store: Store, start_ms: int, end_ms: int, shard: str | None = None) -> list[Unit]:
+    """Row groups of gpu_sample whose ts range meets [start, end] (Parquet statistics); of every
+    shard, or of ``shard`` only (a shard's own rollups, docs/store.md)."""
     d0 = dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC).date()
     d1 = dt.datetime.fromtimestamp(end_ms / 1000, dt.UTC).date()
     units: list[Unit] = []
-    for part in store.partitions("gpu_sample"):
+    parts = store.partitions("gpu_sample") if shard is None else store.own_partitions("gpu_sample", shard)
+    for part in parts:
         if part == EPOCH_PARTITION or not d0 <= dt.date.fromisoformat(part) <= d1:
             continue
-        for f in store.files("gpu_sample", part):
+        files = store.files("gpu_sample", part) if shard is None else store.own_files("gpu_sample", part, shard)
+        for f in files:
             try:
                 md = pq.ParquetFile(f).metadata
             except (OSError, pa.ArrowInvalid):

@@ -75,13 +75,15 @@ def aggregate(
     heat_cells: int = 168,
     count_from: dt.datetime | None = None,
     bucket_ms: int | None = None,
+    shard: str | None = None,
 ) -> SeriesAggregates:
     """Aggregate every gpu_sample series in [start, end] (see module doc).
 
     ``count_from``: samples from ``start`` are read, but only the intervals (and samples) whose end
     is at or after ``count_from`` are counted (a lookback, docs/store.md "Rollups"). ``bucket_ms``:
     ``agg`` and ``stats`` are per (series, bucket of the end sample) - column ``bucket``, the bucket
-    starting at ``start + bucket * bucket_ms`` - instead of per series."""
+    starting at ``start + bucket * bucket_ms`` - instead of per series. ``shard``: read that shard's
+    samples only (a shard's rollups; default: the union of all shards)."""
     start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
     span = max(end_ms - start_ms, 1)
     cell_ms = max(3_600_000, -(-span // heat_cells))
@@ -90,7 +92,7 @@ def aggregate(
     ctx = Ctx(start_ms, cell_ms, ncells, None if count_from is None else int(count_from.timestamp() * 1000),
               bucket_ms, nbk)
     ids = Ids()
-    units = list_units(store, start_ms, end_ms)
+    units = list_units(store, start_ms, end_ms, shard)
     workers = threads or min(4, os.cpu_count() or 1)
 
     def work(u: Unit) -> UnitResult | None:

@@ -190,6 +190,6 @@ def replace_partition(store: Store, name: str, day: str, data: pa.Table | None) 
         os.rename(tmp, out)
         fsync_dir(new)
         with store._flock(t.name, "append", fcntl.LOCK_EX):
-            store._swap_link(store.root / "tables" / t.name / f"date={day}", new)
+            store._swap_link(store.link_path(t.name, day), new)
         (old / ".retired").write_text(str(time.time()))
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +152,31 @@ def test_short_window_reads_raw_and_unrolled_hours_read_raw(store: Store) -> Non
     assert longwindow.figures(store, con, w, rollup_after=2 * 86400.0).stats["rollup_hours"] == 0
     h0 = T0 + dt.timedelta(hours=4)
     assert rollup.rolled_through(store, h0, T0 + dt.timedelta(days=30)) == T0 + dt.timedelta(days=4)
+
+
+def test_sharded_rollups_each_shard_its_own_and_the_union_equals_raw(tmp_path: Path) -> None:
+    """Two daemons on one root (docs/store.md, "Sharded writers"): each rolls up only its own shard's
+    samples into its own shard; the union of the rollups is the rollup of the union (no GPU twice), and
+    an hour one shard has not rolled up is read raw for all."""
+    site_a, site_b = Store(tmp_path, shard="site-a"), Store(tmp_path, shard="site-b")
+    _write(site_a, _agent("GPU-a", 1))
+    _write(site_b, _agent("GPU-b", 2))
+    _write(site_b, _held("GPU-c", "dcgm", 4))
+    w = Window(T0 + dt.timedelta(hours=1), T0 + dt.timedelta(days=3, hours=9))
+    th = ThresholdsConfig()
+    rollup.run(site_a, now=T0 + dt.timedelta(days=10))
+    only_a = analyze(site_a, th, w, rollup_after=86400.0)
+    assert only_a.stats["rollup_hours"] == 0  # site-b has not rolled up: every hour read raw
+    rollup.run(site_b, now=T0 + dt.timedelta(days=10))
+    con = site_a.connect()
+    per_shard = dict(con.execute("SELECT shard, list(DISTINCT gpu_uuid ORDER BY gpu_uuid) FROM gpu_rollup_hour "
+                                 "GROUP BY shard").fetchall())
+    assert per_shard == {"site-a": ["GPU-a"], "site-b": ["GPU-b", "GPU-c"]}
+    raw = analyze(site_a, th, w, rollup_after=None)
+    rolled = analyze(site_a, th, w, rollup_after=86400.0)
+    assert rolled.stats["rollup_hours"] > 24 * 3
+    a, b = raw.gpus.sort("gpu"), rolled.gpus.sort("gpu")
+    assert a["gpu"].to_list() == b["gpu"].to_list() == ["GPU-a", "GPU-b", "GPU-c"]
+    for c in ("mean_util_percent", "covered_hours", "busy_hours", "idle_hours", "energy_joules"):
+        for x, y in zip(a[c].to_list(), b[c].to_list(), strict=True):
+            assert (x is None and y is None) or math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=1e-9), c
