@@ -126,18 +126,18 @@ class TaggingClient:
         wanted = set(self.categories)
         cats: dict[str, str] = {}
         for cid in self._call("GET", "/api/cis/tagging/category", "/rest/com/vmware/cis/tagging/category") or []:
-            c = self._call("GET", f"/api/cis/tagging/category/{quote(cid, safe='')}",
-                           f"/rest/com/vmware/cis/tagging/category/id:{quote(cid, safe='')}") or {}
+            c = self._call("GET", f"/api/cis/tagging/category/{quote(cid, safe=':')}",
+                           f"/rest/com/vmware/cis/tagging/category/id:{quote(cid, safe=':')}") or {}
             if c.get("name") in wanted:
                 cats[cid] = c["name"]
         tags: dict[str, tuple[str, str]] = {}
         for cid, cname in cats.items():
             ids = self._call("POST", "/api/cis/tagging/tag?action=list-tags-for-category",
-                             f"/rest/com/vmware/cis/tagging/tag/id:{quote(cid, safe='')}?~action=list-tags-for-category",
+                             f"/rest/com/vmware/cis/tagging/tag/id:{quote(cid, safe=':')}?~action=list-tags-for-category",
                              {"category_id": cid}) or []
             for tid in ids:
-                t = self._call("GET", f"/api/cis/tagging/tag/{quote(tid, safe='')}",
-                               f"/rest/com/vmware/cis/tagging/tag/id:{quote(tid, safe='')}") or {}
+                t = self._call("GET", f"/api/cis/tagging/tag/{quote(tid, safe=':')}",
+                               f"/rest/com/vmware/cis/tagging/tag/id:{quote(tid, safe=':')}") or {}
                 if t.get("name"):
                     tags[tid] = (cname, t["name"])
         self.catalog = TagCatalog(tags, time.monotonic())

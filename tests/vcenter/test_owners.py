@@ -199,7 +199,7 @@ class _Rest:
 
 def test_changed_tag_and_cluster_tag_write_new_history_rows(vcsim_factory: Any, tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
-    sim = vcsim_factory(clusters=2, hosts_per_cluster=2, vms=60, seed=1)
+    sim = vcsim_factory()  # the small estate, its own copy (this test changes tags)
     store = Store(tmp_path / "data")
     caplog.set_level(logging.DEBUG)
     src = VCenterSource(vc_config(sim), owners=OwnersConfig(tag_cache_ttl=0))
@@ -209,7 +209,8 @@ def test_changed_tag_and_cluster_tag_write_new_history_rows(vcsim_factory: Any, 
         alice = next(n for n, w in want.items() if w["owner"] == "alice")
         alice_moref = next(v["moref"] for v in sim.manifest["vms"] if v["name"] == alice)
         unowned = {n for n, w in want.items() if w["owner_source"] == "unowned"}
-        # an admin re-tags alice's VM to frank, and tags cluster DC0_C0 with team "platform"
+        cluster = next(v["cluster"] for v in sim.manifest["vms"] if v["name"] == min(unowned))
+        # an admin re-tags alice's VM to frank, and tags an unowned VM's cluster with team "platform"
         rest = _Rest(sim)
         cat_owner, cat_team = rest.find("category", "owner"), rest.find("category", "team")
         frank = rest.call("POST", "/rest/com/vmware/cis/tagging/tag",
@@ -221,23 +222,23 @@ def test_changed_tag_and_cluster_tag_write_new_history_rows(vcsim_factory: Any, 
         rest.call("POST", f"/rest/com/vmware/cis/tagging/tag-association/id:{old}?~action=detach", obj)
         rest.call("POST", f"/rest/com/vmware/cis/tagging/tag-association/id:{frank}?~action=attach", obj)
         cl = next(m for m, (t, p) in src.inventory.model.objs.items()
-                  if t == "ClusterComputeResource" and p.get("name") == "DC0_C0")
+                  if t == "ClusterComputeResource" and p.get("name") == cluster)
         rest.call("POST", f"/rest/com/vmware/cis/tagging/tag-association/id:{platform}?~action=attach",
                   {"object_id": {"type": "ClusterComputeResource", "id": cl}})
 
         res = src.collect_inventory(store)
     finally:
         src.close()
-    in_c0 = {v["name"] for v in sim.manifest["vms"] if v["gpus"] and v["cluster"] == "DC0_C0"}
-    changed = {alice} | (unowned & in_c0)
+    in_cluster = {v["name"] for v in sim.manifest["vms"] if v["gpus"] and v["cluster"] == cluster}
+    changed = {alice} | (unowned & in_cluster)
     assert res.rows["vm_owner"] == len(changed)  # only the VMs whose owner data changed
     hist = _rows(store, f"SELECT * FROM vm_owner WHERE vm_name = '{alice}' ORDER BY snapshot_ts")
     assert [h["owner"] for h in hist] == ["alice", "frank"] and hist[1]["team"] == "vision"
     latest = _by_name(store)
     assert latest[alice]["owner"] == "frank" and latest[alice]["owner_source"] == "tag"
-    for n in unowned & in_c0:  # inherited from the cluster: a team, still no owner
+    for n in unowned & in_cluster:  # inherited from the cluster: a team, still no owner
         assert (latest[n]["team"], latest[n]["owner"], latest[n]["owner_source"]) == ("platform", None, "cluster")
-    for n in unowned - in_c0:
+    for n in unowned - in_cluster:
         assert latest[n]["owner_source"] is None
     # the tagging session's credentials are never logged
     assert sim.password not in caplog.text
