@@ -99,7 +99,8 @@ def test_panel_queries_filter_by_the_variables() -> None:
 
 def test_every_query_parses(tmp_path: Path) -> None:
     """promtool parses each substituted panel and variable query (as a recording rule)."""
-    values = {"vcenter": "vc", "cluster": "(c1|c2)", "host": "h.1", "vm": "vm-1", "gpu": "GPU-1", "datasource": "x"}
+    values = {"vcenter": "vc", "cluster": "(c1|c2)", "host": "h.1", "vm": "vm-1", "gpu": "GPU-1", "datasource": "x",
+              "team": ".*", "owner": ".*"}
     rules = []
     for i, q in enumerate(queries()):
         rules.append({"record": f"panel_{i}", "expr": substitute(q.expr, values)})
