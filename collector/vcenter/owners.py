@@ -88,37 +88,45 @@ def _tag_fields(tags: Tags, typ: str, moref: str, cats: dict[str, str]) -> dict[
     return out
 
 
-def _attr_fields(model: Model, vm: str, attrs: dict[str, str]) -> dict[str, str]:
-    values: dict[int, str] = model.objs.get(vm, ("", {}))[1].get("customValue") or {}
-    if not values:
-        return {}
+def attribute_keys(model: Model) -> dict[str, int]:
+    """Custom attribute name -> field key, from CustomFieldsManager.field (VM or any-type fields)."""
     defs: dict[int, dict[str, Any]] = {}
-    for typ, props in model.objs.values():
-        if typ == "CustomFieldsManager":
-            defs = props.get("field") or {}
-            break
+    cfm = model.objs.get("CustomFieldsManager")
+    if cfm is not None and cfm[0] == "CustomFieldsManager":
+        defs = cfm[1].get("field") or {}
+    else:
+        for typ, props in model.objs.values():
+            if typ == "CustomFieldsManager":
+                defs = props.get("field") or {}
+                break
     by_name: dict[str, int] = {}
-    for k, d in defs.items():
+    for k, d in sorted(defs.items()):
         if d.get("mo_type") in (None, "", "VirtualMachine", "ManagedEntity"):
             by_name.setdefault(str(d.get("name")), k)
+    return by_name
+
+
+def _attr_fields(model: Model, vm: str, attrs: dict[str, str], keys: dict[str, int]) -> dict[str, str]:
+    values: dict[int, str] = model.objs.get(vm, ("", {}))[1].get("customValue") or {}
     out: dict[str, str] = {}
     for f, name in attrs.items():
-        k = by_name.get(name)
+        k = keys.get(name)
         v = values.get(k) if k is not None else None
         if v is not None and v.strip():
             out[f] = v.strip()
     return out
 
 
-def resolve(model: Model, vm: str, tags: Tags, cfg: OwnersConfig, rules: Iterable[MappingRule]
-            ) -> dict[str, Any]:
+def resolve(model: Model, vm: str, tags: Tags, cfg: OwnersConfig, rules: Iterable[MappingRule],
+            attr_keys: dict[str, int] | None = None) -> dict[str, Any]:
     """The owner fields of one VM (precedence in the module doc)."""
     cats, attrs = cfg.categories(), cfg.attributes()
+    keys = attr_keys if attr_keys is not None else attribute_keys(model)
     props = model.objs.get(vm, ("", {}))[1]
     place = place_of(model, vm)
     layers: list[tuple[str, dict[str, str]]] = [
         ("tag", _tag_fields(tags, "VirtualMachine", vm, cats)),
-        ("attribute", _attr_fields(model, vm, attrs)),
+        ("attribute", _attr_fields(model, vm, attrs, keys)),
     ]
     layers += [("folder", _tag_fields(tags, "Folder", f, cats)) for f in place.folders]
     layers += [("resource_pool", _tag_fields(tags, "ResourcePool", rp, cats)) for rp in place.pools]
@@ -151,8 +159,9 @@ class OwnerTracker:
 
     def rows(self, model: Model, tags: Tags, vcenter_uuid: str, snap: dt.datetime) -> list[dict[str, Any]]:
         out = []
+        keys = attribute_keys(model)
         for vm in model.gpu_vm_morefs():
-            r = resolve(model, vm, tags, self.cfg, self.rules)
+            r = resolve(model, vm, tags, self.cfg, self.rules, keys)
             r["vm_name"] = model.objs[vm][1].get("name")
             if self._last.get(vm) == r:
                 continue
@@ -170,4 +179,4 @@ class OwnerTracker:
         return dict(self._last)
 
 
-__all__ = ["FIELDS", "OwnerTracker", "Place", "place_of", "resolve"]
+__all__ = ["FIELDS", "OwnerTracker", "Place", "attribute_keys", "place_of", "resolve"]
