@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from accelmon.owners_config import OwnersConfig
+
 DEFAULT_CONFIG_NAME = "accelmon.toml"
 SECRET_KEYS = {"password", "token", "bearer_token"}
 
@@ -321,6 +323,7 @@ class Config(_Model):
     exporter: ExporterConfig = Field(default_factory=ExporterConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     sources: dict[str, bool] = Field(default_factory=dict)  # enable/disable by source name
+    owners: OwnersConfig = Field(default_factory=OwnersConfig)  # docs/owners.md
     store: StoreConfig = Field(default_factory=StoreConfig)
 
     @property

@@ -75,7 +75,8 @@ def _vcenter(cfg: Config) -> list[SourceInstance]:
     for vc in cfg.vcenter:
 
         def build(vc: Any = vc) -> Source:
-            return _load("accelmon.collector.vcenter.source", "VCenterSource")(vc)  # type: ignore[no-any-return]
+            return _load("accelmon.collector.vcenter.source", "VCenterSource")(  # type: ignore[no-any-return]
+                vc, owners=cfg.owners)
 
         out.append(SourceInstance("vcenter", vc.url, vc.perf_interval, build))
     return out

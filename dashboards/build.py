@@ -24,6 +24,7 @@ from grafanalib.core import (
 from dashboards.queries import (
     CLUSTER_SEL,
     HOST_SEL,
+    OWNER_SEL,
     PLACEMENT,
     VM_SEL,
     busy_share,
@@ -62,12 +63,21 @@ def templating() -> Templating:
         return Template(name=name, label=label, query=query, dataSource=DS, includeAll=True, multi=True,
                         default="$__all", refresh=2, sort=1)
 
+    def owner_var(name: str, label: str) -> Template:
+        # allValue ".*": "All" must keep the VMs nobody owns (owner="" / team="", docs/owners.md),
+        # which a list of the current values would drop from $vm
+        return Template(name=name, label=label, query=f'label_values({PLACEMENT}{{vcenter=~"$vcenter"}}, {name})',
+                        dataSource=DS, includeAll=True, multi=True, default="$__all", refresh=2, sort=1,
+                        allValue=".*")
+
     return Templating(list=[
         Template(name="datasource", label="Data source", query="prometheus", type="datasource", default="Prometheus"),
         var("vcenter", "vCenter", f"label_values({PLACEMENT}, vcenter)"),
         var("cluster", "Cluster", f'label_values({PLACEMENT}{{vcenter=~"$vcenter"}}, cluster)'),
         var("host", "Host", f'label_values({PLACEMENT}{{{CLUSTER_SEL}}}, host)'),
-        var("vm", "VM", f'label_values({PLACEMENT}{{{CLUSTER_SEL}, host=~"$host"}}, vm_name)'),
+        owner_var("team", "Team"),
+        owner_var("owner", "Owner"),
+        var("vm", "VM", f'label_values({PLACEMENT}{{{CLUSTER_SEL}, host=~"$host", {OWNER_SEL}}}, vm_name)'),
         var("gpu", "GPU", f'label_values(accelmon_gpu_last_sample_timestamp_seconds{{{VM_SEL}}}, gpu_uuid)'),
     ])
 
@@ -195,6 +205,12 @@ def fleet() -> Dashboard:
                 f"max by (vm_uuid, host, cluster) ({PLACEMENT}))",
                 "The 15 GPUs with the lowest busy share over the last hour, with their VM and host.",
                 hide=["vm_uuid"], rename={"Value": "busy share"}, unit="percentunit"), 24, 8)
+    L.add(table("Idle GPU-hours by team",
+                f"sum by (team) (increase({m('accelmon_gpu_idle_seconds_total')}[$__range]) * on(vm_uuid) "
+                f"group_left(team) max by (vm_uuid, team) ({PLACEMENT}{{{OWNER_SEL}}})) / 3600",
+                "Hours the driver saw each team's GPUs idle over the dashboard's time range (team from vSphere "
+                "tags, custom attributes or the mapping file: docs/owners.md; empty = nobody known).",
+                rename={"Value": "idle GPU-hours", "team": "team"}), 12, 8)
     return dashboard(UIDS["fleet"], "accelmon / Fleet overview",
                      "GPU states, fleet utilization, idle hours and energy, underutilized GPUs.", L)
 

@@ -6,6 +6,8 @@ cluster or host selection narrows ``$vm`` and through it every GPU/VM series):
 * ``$vcenter``  - ``vcenter`` label (GPU, VM and host series carry it)
 * ``$cluster``, ``$host`` - from ``accelmon_vm_placement_info`` (host and cluster are not labels
   of sample series, so a vMotion never ends a series; they narrow ``$vm``)
+* ``$team``, ``$owner`` - from ``accelmon_vm_placement_info`` (docs/owners.md); "All" is ``.*`` so
+  VMs nobody owns (``""``) stay in; they narrow ``$vm``
 * ``$vm``       - ``vm_name``
 * ``$gpu``      - ``gpu_uuid``
 
@@ -20,6 +22,7 @@ GPU_SEL = 'vcenter=~"$vcenter", vm_name=~"$vm", gpu_uuid=~"$gpu"'
 VM_SEL = 'vcenter=~"$vcenter", vm_name=~"$vm"'
 HOST_SEL = 'vcenter=~"$vcenter", host=~"$host"'
 CLUSTER_SEL = 'vcenter=~"$vcenter", cluster=~"$cluster"'
+OWNER_SEL = 'team=~"$team", owner=~"$owner"'
 
 # A GPU "holds" its framebuffer above this (drivers and CUDA contexts keep a little).
 ALLOCATED_BYTES = 268435456  # 256 MiB

@@ -71,6 +71,7 @@ class DaemonState:
         self._hosts: dict[str, dict[str, dict[str, Any]]] = {}  # vc -> host_moref -> row
         self._vms: dict[str, dict[str, dict[str, Any]]] = {}  # vc -> vm_moref -> row
         self._vm_gpus: dict[str, dict[str, list[dict[str, Any]]]] = {}  # vc -> vm_moref -> devices
+        self._owners: dict[tuple[str, str], dict[str, Any]] = {}  # (vc, vm_moref) -> latest vm_owner row
         self._inv_ts: dict[tuple[str, str], float] = {}  # (table, vc) -> snapshot ts applied
         self._vm_power: dict[tuple[str, str], VmPower] = {}
         self._host_power: dict[tuple[str, str], VmPower] = {}
@@ -145,6 +146,9 @@ class DaemonState:
                 self._apply_power(self._host_power, _rows(tables["host_power_sample"]), "host_moref")
             if "vmotion" in tables:
                 self._apply_vmotion(_rows(tables["vmotion"]))
+            if "vm_owner" in tables:  # written only on change: the latest row per VM holds
+                for r in _rows(tables["vm_owner"]):
+                    self._owners[(r["vcenter_uuid"], r["vm_moref"])] = r
 
     def _apply_gpu_sample(self, t: Rows) -> None:
         if isinstance(t, pa.Table):
@@ -378,6 +382,7 @@ class DaemonState:
                 version=self.version,
                 data_dir=self.data_dir,
                 plan=self._plan,
+                owners=dict(self._owners),
             )
 
     def gpu_uuids(self) -> Iterable[str]:

@@ -42,6 +42,16 @@ def _vm_label_values(vm: VmRecord) -> tuple[str, str, str]:
     return (vm.vcenter_name, vm.vm_instance_uuid, vm.vm_name)
 
 
+OWNER_LABEL_MAX = 64  # owner/team label values are cut to this many characters (bounded label size)
+
+
+def _owner_labels(owner_row: dict[str, Any] | None) -> list[str]:
+    """``owner``, ``team`` label values of a VM: the stored value as is (cut to OWNER_LABEL_MAX),
+    "" when unknown (docs/owners.md)."""
+    r = owner_row or {}
+    return [str(r.get("owner") or "")[:OWNER_LABEL_MAX], str(r.get("team") or "")[:OWNER_LABEL_MAX]]
+
+
 def _num(v: Any) -> bool:
     return v is not None
 
@@ -192,8 +202,9 @@ class VmCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         s = self._snap()
         place = G("accelmon_vm_placement_info",
-                  "Current host and cluster of a GPU VM (an info metric: vMotion changes this, not the VM's series).",
-                  labels=[*VM_LABELS, "host", "cluster"])
+                  "Current host, cluster, owner and team of a GPU VM (an info metric: vMotion or a new owner "
+                  "changes this, not the VM's series; owner/team \"\" when unknown).",
+                  labels=[*VM_LABELS, "host", "cluster", "owner", "team"])
         devs = G("accelmon_vm_gpu_devices", "GPU devices (passthrough, vGPU, dynamic) configured on the VM.",
                  labels=VM_LABELS)
         pw = G("accelmon_vm_power_watts", "VM power (vCenter power.power.average, latest 20 s interval).",
@@ -228,7 +239,7 @@ class VmCollector(Collector):
             vm = s.vms[key]
             lv = _vm_label_values(vm)
             ls = label_string(VM_LABELS, lv)
-            place.add([*lv, vm.host_name, vm.cluster_name], 1.0)
+            place.add([*lv, vm.host_name, vm.cluster_name, *_owner_labels(s.owners.get(key))], 1.0)
             devs.add(lv, float(len(vm.devices)), ls)
             reason = misaligned.get(key)
             if reason is None:

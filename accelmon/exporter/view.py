@@ -101,3 +101,4 @@ class Snapshot:
     version: int
     data_dir: str | None = None
     plan: PlanSummary | None = None
+    owners: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (vc, vm_moref) -> vm_owner row

@@ -95,6 +95,13 @@ VIEWS: dict[str, tuple[str, str]] = {
         FROM vm_power_sample p LEFT JOIN vms v USING (vcenter_uuid, vm_moref)
         """,
     ),
+    "latest_vm_owner": (
+        "The current owner of each VM: its latest vm_owner row (docs/owners.md).",
+        """
+        SELECT * EXCLUDE (date) FROM vm_owner
+        QUALIFY row_number() OVER (PARTITION BY vcenter_uuid, vm_moref ORDER BY snapshot_ts DESC) = 1
+        """,
+    ),
     "latest_findings": (
         "Findings of the most recent analytics run.",
         """

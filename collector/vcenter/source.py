@@ -7,6 +7,10 @@ Three jobs share one session (see :meth:`VCenterSource.jobs`), serialized per vC
 * ``vcenter.perf`` (``perf_interval``): power/energy of every GPU VM and host
 * ``vcenter.events`` (``events_interval``): vMotions, joined with the stun time from vmware.log
 
+With the inventory, the owners of the GPU VMs (:mod:`owners`): tags read in bulk through the
+tagging REST API (:mod:`tagging`), custom attributes from the inventory's own answers; a
+``vm_owner`` row is written for a VM when its owner data changed.
+
 ``collect`` runs all three (``accelmon run --once``, tests, benchmark).  Cursors live in
 ``<data-dir>/state/vcenter-<uuid>.json``.  A poll's rows and the cursor moves that cover them
 travel together as :class:`Pending` steps: each step's ``commit`` runs only after its table's
@@ -31,11 +35,14 @@ from accelmon.collector.base import CollectResult
 from accelmon.collector.vcenter import events as ev
 from accelmon.collector.vcenter import perf, stunlog
 from accelmon.collector.vcenter.inventory import Inventory, PollStats
+from accelmon.collector.vcenter.owners import OwnerTracker
 from accelmon.collector.vcenter.session import VCenterSession, insecure_transport
 from accelmon.collector.vcenter.state import VCenterState, load_state, reconcile, save_state, state_path
+from accelmon.collector.vcenter.tagging import TaggingClient
 from pyVmomi import vim
 
 from accelmon.config import VCenterConfig
+from accelmon.owners_config import OwnersConfig
 from accelmon.store.schema import table
 from accelmon.store.writer import to_arrow
 
@@ -66,11 +73,16 @@ class VCenterSource:
 
     name = "vcenter"
 
-    def __init__(self, cfg: VCenterConfig, *, data_dir: str | Path | None = None) -> None:
+    def __init__(self, cfg: VCenterConfig, *, data_dir: str | Path | None = None,
+                 owners: OwnersConfig | None = None) -> None:
         self.cfg = cfg
         self.target = cfg.url
         self.session = VCenterSession(cfg)
         self.inventory = Inventory(self.session)
+        oc = owners if owners is not None else OwnersConfig()
+        self.owners: OwnerTracker | None = OwnerTracker(oc) if oc.enabled else None
+        self.tagging: TaggingClient | None = (
+            TaggingClient(self.session, oc.categories().values(), oc.tag_cache_ttl) if oc.enabled else None)
         self._data_dir = Path(data_dir) if data_dir is not None else None
         self._state: VCenterState | None = None
         self._state_file: Path | None = None
@@ -148,6 +160,8 @@ class VCenterSource:
     def close(self) -> None:
         with self._lock:
             self.inventory.stop_listening(wait=False)
+            if self.tagging is not None:
+                self.tagging.close()
             self.session.close()
 
     @property
@@ -228,6 +242,24 @@ class VCenterSource:
         except BaseException:
             self.inventory.forget_snapshot()
             raise
+        self._owners(store, res)
+
+    # ------------------------------------------------------------------ owners
+    def _owners(self, store: Any, res: CollectResult) -> None:
+        """vm_owner rows for the GPU VMs whose owner data changed (docs/owners.md).  When the
+        tags cannot be read, nothing is written this cycle (a half-resolved owner would look
+        like a change); the error is reported and the next cycle tries again."""
+        if self.owners is None:
+            return
+        tracker = self.owners
+        try:
+            tags = self.tagging.attached() if self.tagging is not None else {}
+        except Exception as e:  # noqa: BLE001 - tags are optional for the rest of the poll
+            res.errors.append(f"vCenter {self.cfg.display_name}: tags not read: {e}")
+            return
+        with self.inventory.lock:
+            rows = tracker.rows(self.inventory.model, tags, self.vcenter_uuid, dt.datetime.now(UTC))
+        self._append_then_commit(store, res, [Pending("vm_owner", rows, lambda: tracker.committed(rows))])
 
     # ------------------------------------------------------------------ perf
     def _perf_plan(self) -> tuple[list[tuple[str, str]], dict[str, str | None]]:

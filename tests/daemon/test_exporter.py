@@ -122,7 +122,7 @@ def test_joined_labels_placement_info_and_unjoined_agents() -> None:
             assert "host=" not in line and "cluster=" not in line, line
     place = _series(text, "accelmon_vm_placement_info")
     assert place[_canon('accelmon_vm_placement_info{vcenter="vc01",vm_uuid="5000-0",vm_name="gpu-vm-0",'
-                 'host="esx0.lab",cluster="gpu-cluster"}')] == 1
+                 'host="esx0.lab",cluster="gpu-cluster",owner="",team=""}')] == 1
     gp = _series(text, "accelmon_gpu_placement_info")
     assert gp[_canon('accelmon_gpu_placement_info{gpu_uuid="GPU-1",vm_uuid="5000-1",host="esx1.lab",cluster="gpu-cluster",'
               'host_pci_id="0000:3b:00.1",host_numa_node="1"}')] == 1
@@ -159,7 +159,7 @@ def test_vmotion_changes_only_the_placement_info_and_counts_the_migration() -> N
     after = app.render().decode()
     for prefix in ("accelmon_gpu_", "accelmon_vm_power", "accelmon_vm_energy", "accelmon_vm_migrations_total"):
         assert _label_sets(before, prefix) == _label_sets(after, prefix), prefix
-    key = '{cluster="gpu-cluster",host="%s",vcenter="vc01",vm_name="gpu-vm-1",vm_uuid="5000-1"}'
+    key = '{cluster="gpu-cluster",host="%s",owner="",team="",vcenter="vc01",vm_name="gpu-vm-1",vm_uuid="5000-1"}'
     assert "accelmon_vm_placement_info" + key % "esx1.lab" in _series(before, "accelmon_vm_placement_info")
     assert "accelmon_vm_placement_info" + key % "esx0.lab" in _series(after, "accelmon_vm_placement_info")
     lv = '{vcenter="vc01",vm_uuid="5000-1",vm_name="gpu-vm-1"}'

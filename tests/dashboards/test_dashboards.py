@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from dashboards import generate  # noqa: E402
 from dashboards.build import EXTERNAL_METRICS, UIDS  # noqa: E402
 
-VARIABLES = ["datasource", "vcenter", "cluster", "host", "vm", "gpu"]
+VARIABLES = ["datasource", "vcenter", "cluster", "host", "team", "owner", "vm", "gpu"]
 
 
 def test_committed_json_is_what_the_code_generates() -> None:
@@ -58,10 +58,12 @@ def test_four_dashboards_with_the_template_variables() -> None:
         assert names == VARIABLES, name
         for v in d["templating"]["list"][1:]:
             assert v["multi"] and v["includeAll"], (name, v["name"])
-            # no custom "All" value: All expands to the variable's current values, so cluster/host narrow vm
-            assert v["allValue"] is None
+            # no custom "All" value: All expands to the variable's current values, so cluster/host narrow vm;
+            # except team/owner, whose "All" must keep the VMs nobody owns (label value "")
+            assert v["allValue"] == (".*" if v["name"] in ("team", "owner") else None), (name, v["name"])
         by = {v["name"]: v["query"] for v in d["templating"]["list"]}
         assert "$vcenter" in by["cluster"] and "$cluster" in by["host"] and "$host" in by["vm"]
+        assert "$team" in by["vm"] and "$owner" in by["vm"]
         assert "$vm" in by["gpu"]
 
 
@@ -97,7 +99,8 @@ def test_panel_queries_filter_by_the_variables() -> None:
 
 def test_every_query_parses(tmp_path: Path) -> None:
     """promtool parses each substituted panel and variable query (as a recording rule)."""
-    values = {"vcenter": "vc", "cluster": "(c1|c2)", "host": "h.1", "vm": "vm-1", "gpu": "GPU-1", "datasource": "x"}
+    values = {"vcenter": "vc", "cluster": "(c1|c2)", "host": "h.1", "vm": "vm-1", "gpu": "GPU-1", "datasource": "x",
+              "team": ".*", "owner": ".*"}
     rules = []
     for i, q in enumerate(queries()):
         rules.append({"record": f"panel_{i}", "expr": substitute(q.expr, values)})

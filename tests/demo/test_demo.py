@@ -139,6 +139,9 @@ def _resolve(prom: PrometheusServer, dash: dict[str, Any], pick: dict[str, str] 
             continue
         got = _label_values(prom, v["query"], values)
         assert got, f"variable ${v['name']} has no values: {v['query']}"
+        if v.get("allValue") and not (pick and v["name"] in pick):
+            values[v["name"]] = v["allValue"]  # "All" with a custom all value (team/owner: keeps unowned VMs)
+            continue
         chosen = [pick[v["name"]]] if pick and v["name"] in pick else got
         assert set(chosen) <= set(got), (v["name"], chosen, got)
         values[v["name"]] = regex_of(chosen)

@@ -73,6 +73,7 @@ class Vcsim:
         counter_key_offset: int = 0,
         timeout_s: float | None = None,
         guest_ip_prefix: str | None = None,
+        tag_all_vms: bool = False,
     ) -> Vcsim:
         """Build (cached) and start the simulator on ``host:port`` (0 = a free port).
 
@@ -84,6 +85,8 @@ class Vcsim:
         ``counter_key_offset`` shifts every perf counter key, as keys differ between real installs.
         ``guest_ip_prefix`` replaces the guest IPs' first octet ``10.``, e.g. ``"127."``: each VM's
         guest IP is then a loopback address an agent can listen on (discovery end to end).
+        ``tag_all_vms`` puts owner/team tags and Owner/Team custom attributes on every VM that the
+        ownership seeding (docs/vcsim.md "Owners") leaves without (the poll benchmark).
         """
         binary = build()
         password = password or secrets.token_urlsafe(12)
@@ -100,6 +103,8 @@ class Vcsim:
             args += ["-session-idle-timeout", f"{session_idle_timeout_s}s"]
         if guest_ip_prefix:
             args += ["-guest-ip-prefix", guest_ip_prefix]
+        if tag_all_vms:
+            args.append("-tag-all-vms")
         if method_delay_ms:
             args += ["-method-delay", ",".join(f"{k}={int(v)}" for k, v in method_delay_ms.items())]
         # datastore folders (govcsim-*) go under run_dir, removed with it even after a kill

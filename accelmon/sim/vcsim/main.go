@@ -49,6 +49,7 @@ func main() {
 	idle := flag.Duration("session-idle-timeout", 0, "expire idle sessions after this long (0: never)")
 	keyOffset := flag.Int("counter-key-offset", 0, "shift all perf counter keys (they differ between real installs)")
 	delays := flag.String("method-delay", "", "per-method delays in ms, e.g. RetrievePropertiesEx=500,QueryPerf=2000")
+	flag.BoolVar(&tagAllVMs, "tag-all-vms", false, "owner/team tags and attributes on every VM (bench)")
 	guestIPPrefix := flag.String("guest-ip-prefix", "", `first octet of the guest IPs instead of "10.", e.g. "127." (loopback)`)
 	flag.Parse()
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
@@ -149,8 +150,15 @@ func main() {
 	lv.register(m.Service)
 	m.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*user, password)}
 	lv.sessionManager = *m.ServiceContent.SessionManager
+	m.Service.RegisterEndpoints = true // the vAPI REST endpoints (tagging) of vapi/simulator
 	s := m.Service.NewServer()
 	s.Config.Handler = lv.requireAuth(s.Config.Handler) // before the first client connects
+	t1 := time.Now()
+	if err := seedTags(context.Background(), s.URL, *user, password, ownerRefs); err != nil {
+		cleanup()
+		fail("seed tags: %v", err)
+	}
+	timings["seed_tags"] = time.Since(t1).Seconds()
 	timings["total"] = time.Since(t0).Seconds()
 	mf := buildManifest(e, start, timings)
 	mf.Vcenter["url"] = s.URL.Scheme + "://" + s.URL.Host + "/sdk"
@@ -213,7 +221,14 @@ func seed(e *estate, m *simulator.Model, start time.Time, timings map[string]any
 	timings["seed_hosts"] = time.Since(t).Seconds()
 
 	t = time.Now()
+	planOwners(e)
+	if ownerRefs, err = seedOwnerContainers(ctx, c, dc.VmFolder, pools); err != nil {
+		return nil, err
+	}
 	if err := createVMs(ctx, c, e, dc.VmFolder, pools); err != nil {
+		return nil, err
+	}
+	if err := seedAttributes(ctx, c, *m.ServiceContent.CustomFieldsManager); err != nil {
 		return nil, err
 	}
 	seedGuest(e, start)

@@ -136,6 +136,7 @@ type manifest struct {
 	VMs        []mVM          `json:"vms"`
 	Vmotions   []mMigration   `json:"vmotions"`
 	Summary    map[string]any `json:"summary"`
+	Owners     []mOwner       `json:"owners"` // expected ownership of the GPU VMs (owners.go)
 	BuildTimes map[string]any `json:"timings_s"`
 }
 
@@ -191,6 +192,7 @@ func buildManifest(e *estate, start time.Time, timings map[string]any) *manifest
 		},
 		Datastore: map[string]any{"name": datastoreName, "url": e.DatastoreURL, "folder_query": "dcPath=DC0&dsName=" + datastoreName},
 		Vmotions:  []mMigration{},
+		Owners:    ownersManifest(e),
 	}
 	for ci, hosts := range e.ByCluster {
 		c := mCluster{Name: "", GpuModel: hosts[0].Model.Key}

@@ -140,8 +140,9 @@ func createVMs(ctx context.Context, c *vim25.Client, e *estate, vmFolder types.M
 			return err
 		}
 		host := types.ManagedObjectReference{Type: "HostSystem", Value: hp.Moref}
+		folder, pool := ownerPlacement(v, ownerRefs, vmFolder, pools[hp.Cluster])
 		res, err := methods.CreateVM_Task(ctx, c, &types.CreateVM_Task{
-			This: vmFolder, Config: spec, Pool: pools[hp.Cluster], Host: &host,
+			This: folder, Config: spec, Pool: pool, Host: &host,
 		})
 		if err != nil {
 			return fmt.Errorf("create %s: %w", v.Name, err)
