@@ -256,6 +256,7 @@ def _metric_names_used() -> set[str]:
                 names |= metric_names(v["query"].removeprefix("label_values(").rsplit(",", 1)[0])
     rules = yaml.safe_load(RULES.read_text())
     names |= {n for g in rules["groups"] for r in g["rules"] for n in metric_names(r["expr"])}
+    names -= {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}  # recorded by the rules
     return names - EXTERNAL_METRICS - {"node_filesystem_avail_bytes", "node_filesystem_size_bytes"}
 
 
