@@ -270,6 +270,20 @@ def demo(
     raise typer.Exit(fn(state.data_dir(), duration=duration, vms=vms))
 
 
+@app.command()
+def mail(
+    what: Annotated[str, typer.Argument(help="report (write the report and mail it to mail.report_to) or digests "
+                                        "(mail each owner whose GPUs stayed flagged mail.digest_after_days days).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write .eml files (mail.dry_run_dir, else "
+                                          "<data-dir>/mail/<time>/) instead of sending.")] = False,
+) -> None:
+    """Mail the daily report or the per-owner digests (SMTP settings: [mail] in accelmon.toml)."""
+    cfg = state.config()
+    _setup_logging(cfg)
+    fn = _delegate("accelmon.mail.cli", "run_mail", "mail")
+    raise typer.Exit(fn(state.store(), cfg, what, dry_run=dry_run))
+
+
 @app.command("check-config")
 def check_config(
     file: Annotated[Path, typer.Argument(help="The accelmon.toml to validate.")],

@@ -98,7 +98,7 @@ def generate(store: Store, cfg: Any, *, since: str | None = None, from_: dt.date
                             data_first=first, data_last=last, now=now)
     say(f"window {window.start:%Y-%m-%d %H:%M} – {window.end:%Y-%m-%d %H:%M} UTC")
     con = store.connect()
-    a = analyze(store, cfg.thresholds, window, con=con, now=now)
+    a = analyze(store, cfg.thresholds, window, con=con, now=now, prices=getattr(cfg, "cost", None))
     say(f"analysed {a.stats['rows']:,} samples of {a.gpus.height} GPUs")
     doc = jsonout.build(a)
     rows = findings_mod.rows(run_id=a.run_id, generated_at=a.generated_at, window=window, gpus=a.gpus,
