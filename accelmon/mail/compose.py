@@ -101,7 +101,7 @@ def report_message(doc: dict[str, Any], findings_csv: str, *, sender: str, to: l
                                                 [g.get("idle_hours") or 0.0 for g in gpus]),
                             "image", "png", cid=cid_top, filename="top_idle.png")
     related.add_related(charts.distribution_png(means, thr), "image", "png", cid=cid_dist, filename="distribution.png")
-    m.add_attachment(findings_csv.encode("utf-8"), maintype="text", subtype="csv", filename="findings.csv")
+    m.add_attachment(findings_csv, subtype="csv", charset="utf-8", filename="findings.csv")
     return m
 
 
