@@ -146,11 +146,15 @@ def plan_summary(rows: list[dict[str, Any]], reports: list[Path],
     doc = _report_plan(reports, generated, run_id) if reports else None
     if doc is None:
         return plan
+    cost = doc.pop("_cost", None) or {}
+    teams = tuple((str(t["team"]), float(t["idle_cost"])) for t in cost.get("by_team") or []
+                  if isinstance(t, dict) and t.get("idle_cost") is not None) if cost else None
     try:
         return PlanSummary(
             generated_at=generated, run_id=run_id, moves=len(doc["moves"]), freed_gpus=len(doc["freed_gpus"]),
             freed_hosts=len(doc["freed_hosts"]), watts_saved=float(doc["watts_saved"]),
             unmeasured_freed_gpus=int(doc.get("unmeasured_freed_gpus") or 0),
+            idle_cost_by_team=teams, currency=cost.get("currency"),
         )
     except (KeyError, TypeError, ValueError):
         log.warning("report JSON of analytics run %s: unexpected consolidation section; using the findings only",
@@ -186,7 +190,8 @@ def _report_plan(roots: list[Path], generated: float, run_id: str) -> dict[str, 
         except (OSError, ValueError):
             continue
         if isinstance(doc, dict) and doc.get("run_id") == run_id and isinstance(doc.get("consolidation"), dict):
-            return doc["consolidation"]  # type: ignore[no-any-return]
+            # the run's idle cost per team rides along (accelmon_idle_cost; analytics/cost.py)
+            return {**doc["consolidation"], "_cost": doc.get("cost")}
     return None
 
 

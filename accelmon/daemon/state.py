@@ -137,6 +137,9 @@ class PlanSummary:
     freed_hosts: int | None = None  # None: not known (the run's report JSON was not found)
     watts_saved: float | None = None
     unmeasured_freed_gpus: int | None = None
+    # idle cost per team over the run's window (report JSON "cost.by_team", analytics/cost.py); None: unknown
+    idle_cost_by_team: tuple[tuple[str, float], ...] | None = None
+    currency: str | None = None
 
 
 @dataclass

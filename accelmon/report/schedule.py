@@ -8,6 +8,7 @@ from typing import Any
 from apscheduler.triggers.cron import CronTrigger
 
 from accelmon.errors import UserError
+from accelmon.mail.cli import mail_after_report
 
 log = logging.getLogger(__name__)
 JOB_ID = "report"
@@ -58,11 +59,21 @@ def report_job(store: Any, cfg: Any) -> None:
     from accelmon.report.cli import generate
 
     try:
-        a, _doc, out = generate(store, cfg)
+        a, doc, out = generate(store, cfg)
         log.info("report written to %s (%d GPUs, %d underutilized)", out, a.gpus.height,
                  int((a.gpus["status"] == "underutilized").sum()))
     except Exception:  # the daemon keeps running; the next day tries again
         log.exception("daily report failed")
+        return
+    mail = getattr(cfg, "mail", None)
+    if mail is not None and (mail.host or mail.dry_run_dir is not None):  # then the report mail and the digests
+        try:
+            for line in mail_after_report(store, cfg, a, doc, out):
+                log.info("mail: %s", line)
+        except UserError as e:  # one line, credentials redacted (accelmon/mail/smtp.py)
+            log.error("mail: %s", e)
+        except Exception:
+            log.exception("mail after the daily report failed")
 
 
 def add_report_job(scheduler: Any, store: Any, cfg: Any) -> Any | None:
