@@ -263,11 +263,14 @@ def demo(
     duration: Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds "
                                                    "(default: run until Ctrl-C).")] = None,
     vms: Annotated[int, typer.Option("--vms", help="VMs in the simulated estate.")] = 60,
+    mail_to: Annotated[str | None, typer.Option("--mail-to", help="Also write the report mail to this address and "
+                                                "the owner digests as .eml files under <data-dir>/mail/ (a dry run: "
+                                                "nothing is sent).")] = None,
 ) -> None:
     """Run a simulated GPU estate end to end: vCenter simulator, GPU agents, daemon, Prometheus, report."""
     _setup_logging()
     fn = _delegate("accelmon.demo", "run_demo", "demo")
-    raise typer.Exit(fn(state.data_dir(), duration=duration, vms=vms))
+    raise typer.Exit(fn(state.data_dir(), duration=duration, vms=vms, mail_to=mail_to))
 
 
 @app.command()

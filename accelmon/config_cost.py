@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 PASSWORD_ENV = "ACCELMON_SMTP_PASSWORD"
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
-_ADDR_RE = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
+ADDR_RE = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
 
 
 class _Model(BaseModel):
@@ -89,14 +89,14 @@ class MailConfig(_Model):
     @classmethod
     def _to(cls, v: list[str]) -> list[str]:
         for i, a in enumerate(v):
-            if not _ADDR_RE.match(a):
+            if not ADDR_RE.match(a):
                 raise ValueError(f'[{i}]: not an e-mail address: "{a}"')
         return v
 
     @field_validator("from_")
     @classmethod
     def _from(cls, v: str | None) -> str | None:
-        if v is not None and not _ADDR_RE.match(v):
+        if v is not None and not ADDR_RE.match(v):
             raise ValueError(f'not an e-mail address: "{v}"')
         return v
 

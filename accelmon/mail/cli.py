@@ -60,14 +60,15 @@ def deliver(cfg: Any, store: Any, messages: list[tuple[str, EmailMessage]], dry_
     return f"sent {n} message(s) via {cfg.mail.host}:{cfg.mail.effective_port}"
 
 
-def mail_after_report(store: Any, cfg: Any, a: Any, doc: dict[str, Any], out: Path, *, dry_run: bool = False,
+def mail_after_report(store: Any, cfg: Any, doc: dict[str, Any], out: Path, *, dry_run: bool = False,
                       what: tuple[str, ...] = ("report", "digests")) -> list[str]:
-    """Mail the report just written and the due digests (the daemon calls this after its report job)."""
+    """Mail the report just written (its findings JSON ``doc`` and directory ``out``) and the due digests
+    (the daemon calls this after its report job, the demo after its report)."""
     said = []
     if "report" in what:
         said.append("report: " + deliver(cfg, store, report_messages(cfg, doc, out), dry_run))
     if "digests" in what:
-        msgs, nobody = digest_messages(cfg, store.connect(), a.cost, doc["window"])
+        msgs, nobody = digest_messages(cfg, store.connect(), doc.get("cost") or {}, doc["window"])
         line = "digests: " + deliver(cfg, store, msgs, dry_run)
         if nobody:
             line += f"; {len(nobody)} flagged GPU(s) without an owner e-mail"
@@ -81,8 +82,8 @@ def run_mail(store: Any, cfg: Any, what: str, *, dry_run: bool = False, out_dir:
     if what not in ("report", "digests"):
         raise UserError(f'mail: unknown message kind "{what}" (use report or digests)')
     if what == "report":
-        a, doc, out = generate(store, cfg, out_dir=out_dir)
-        lines = mail_after_report(store, cfg, a, doc, out, dry_run=dry_run, what=("report",))
+        _a, doc, out = generate(store, cfg, out_dir=out_dir)
+        lines = mail_after_report(store, cfg, doc, out, dry_run=dry_run, what=("report",))
     else:
         first, last = data_range(store)
         window = resolve_window(since=None, from_=None, to=None, default_seconds=float(cfg.thresholds.window),

@@ -68,7 +68,7 @@ def report_job(store: Any, cfg: Any) -> None:
     mail = getattr(cfg, "mail", None)
     if mail is not None and (mail.host or mail.dry_run_dir is not None):  # then the report mail and the digests
         try:
-            for line in mail_after_report(store, cfg, a, doc, out):
+            for line in mail_after_report(store, cfg, doc, out):
                 log.info("mail: %s", line)
         except UserError as e:  # one line, credentials redacted (accelmon/mail/smtp.py)
             log.error("mail: %s", e)

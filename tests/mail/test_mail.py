@@ -16,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tomllib
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -26,8 +27,11 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from accelmon.config import parse
+from accelmon.demo import costmail
+from accelmon.demo.runner import run_demo
 from accelmon.errors import UserError
 from accelmon.mail.cli import run_mail
+from accelmon.report.cli import generate
 from accelmon.store.writer import Store
 from tests.analytics.estate import VC, write_estate
 
@@ -187,3 +191,19 @@ def test_cli_dry_run_writes_eml_and_sends_nothing(smtp_server: Any, store: Any, 
     assert m["To"] == "ann@example.com" and "1.50 USD" not in m["Subject"]
     with pytest.raises(UserError, match="bogus"):
         run_mail(store[0], _cfg(ctl.port, cert), "bogus")
+
+
+def test_demo_mail_to_writes_report_and_digest_eml(store: Any, tmp_path: Path) -> None:
+    """accelmon demo --mail-to: the demo's generated [cost]/[mail] config is valid, and after its report the
+    report mail and the owners' digests (due after 1 day in the demo) are .eml files; a bad address is refused."""
+    raw = tomllib.loads(costmail.COST_TOML + costmail.mail_toml("me@example.com", tmp_path / "mail"))
+    cfg = parse(raw, "demo.toml", env={})
+    assert cfg.cost.gpu_hour_price["A100"] == 2.5 and cfg.mail.digest_after_days == 1
+    _a, _doc, out = generate(store[0], cfg, out_dir=tmp_path / "report")
+    lines = costmail.write_mail(store[0], cfg, out)
+    emls = sorted((tmp_path / "mail").rglob("*.eml"))
+    msgs = [email.message_from_bytes(p.read_bytes(), policy=policy.default) for p in emls]
+    assert [m["To"] for m in msgs] == ["me@example.com", "ann@example.com", "bob@example.com"], lines
+    assert "USD" in costmail.cost_line(out)
+    with pytest.raises(UserError, match="--mail-to"):
+        run_demo(tmp_path / "d", mail_to="not-an-address")
