@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import polars as pl
@@ -13,6 +14,7 @@ from accelmon.analytics.consolidation import Plan
 from accelmon.analytics.window import Window
 
 from accelmon.config import ConfigError, parse
+from accelmon.report import costhtml, jsonout
 from accelmon.store.writer import Store
 from tests.analytics.estate import DAYS, HOSTS, SNAP, T0, VC, write_estate
 
@@ -158,3 +160,41 @@ def test_estate_analysis_cost_definitions(estate: Store) -> None:
     assert owners["vm-101"] == "ann" and owners["vm-201"] == "bob" and owners["vm-301"] == cost.UNOWNED
     assert {r["team"] for r in a.cost["by_team"]} >= {"ml", "infer", cost.UNOWNED}
     assert a.cost["plan"]["energy_saved_month"] == pytest.approx(a.plan.kwh_month_saved * 0.25)
+
+
+def test_docs_worked_example() -> None:
+    """docs/cost.md, "Worked example": the same numbers through cost.compute."""
+    g = _gpus([{"gpu": "GPU-1", "vm_moref": "vm-1", "underutilized": True, "idle_hours": 168 - 5.04,
+                "idle_energy_kwh": 6.6},
+               {"gpu": "GPU-2", "vm_moref": "vm-2", "underutilized": True, "idle_hours": 150.0, "backing": "vgpu",
+                "vgpu_profile": "grid_a100-10c", "idle_energy_kwh": 0.0},
+               {"gpu": "GPU-3", "vm_moref": "vm-3", "idle_hours": 50.0, "idle_energy_kwh": 0.5}])
+    m = _gmap([{"gpu": "GPU-1", "vm_moref": "vm-1"},
+               {"gpu": "GPU-2", "vm_moref": "vm-2", "backing": "vgpu", "vgpu_profile": "grid_a100-10c"},
+               {"gpu": "GPU-3", "vm_moref": "vm-3"}])
+    owners = pl.DataFrame([{"vcenter_uuid": VC, "vm_moref": f"vm-{i}", "owner": o, "team": "ml", "cost_center": None,
+                            "email": f"{o}@example.com"} for i, o in ((1, "ann"), (2, "bob"))])
+    plan = Plan(kwh_month_saved=450 * 730 / 1000, freed_capacity={
+        "gpus": 2, "gpu_ids": ["esx1/0000:3b:00.0", "esx1/0000:3b:00.0"], "gpu_hours_month": 1460.0})
+    c = cost.compute(g, m, PHYS, owners, {"GPU-1", "GPU-3"}, plan,
+                     cost.Prices(gpu_hour_price={"A100": 2.5}, electricity_per_kwh=0.15))
+    by = {r["gpu"]: r for r in c["by_gpu"]}
+    assert by["GPU-1"]["idle_cost"] == pytest.approx(407.40) and by["GPU-1"]["idle_energy_cost"] == pytest.approx(0.99)
+    assert by["GPU-2"]["price_per_hour"] == pytest.approx(0.625) and by["GPU-2"]["idle_cost"] == pytest.approx(93.75)
+    assert by["GPU-2"]["idle_energy_kwh"] is None
+    teams = {r["team"]: r for r in c["by_team"]}
+    assert teams["ml"]["idle_cost"] == pytest.approx(501.15) and teams["ml"]["idle_gpu_hours"] == pytest.approx(312.96)
+    assert teams["ml"]["no_power_gpus"] == 1 and teams[cost.UNOWNED]["idle_cost"] == pytest.approx(125.0)
+    assert c["plan"]["energy_saved_month"] == pytest.approx(49.275)
+    assert c["plan"]["capacity_freed"]["value_month"] == pytest.approx(3650.0)
+
+
+def test_report_json_and_html_cost_section(estate: Store) -> None:
+    cfg = parse({"cost": {"gpu_hour_price": {"default": 1.0}}}, "t", env={})
+    a = analyze(estate, cfg.thresholds, Window(T0, T0 + dt.timedelta(days=DAYS)), prices=cfg.cost)
+    doc = jsonout.build(a)
+    assert {"currency", "by_gpu", "by_vm", "by_owner", "by_team", "plan"} <= set(doc["cost"])
+    json.dumps(doc["cost"])  # serialisable as is
+    page = costhtml.section(doc["cost"])
+    assert "Idle cost by owner / team" in page and cost.UNOWNED in page and "<script" not in page
+    assert costhtml.section({}) == ""
