@@ -32,6 +32,7 @@ from accelmon.demo.runner import run_demo
 from accelmon.errors import UserError
 from accelmon.mail.cli import run_mail
 from accelmon.report.cli import generate
+from accelmon.report.schedule import report_job
 from accelmon.store.writer import Store
 from tests.analytics.estate import VC, write_estate
 
@@ -207,3 +208,14 @@ def test_demo_mail_to_writes_report_and_digest_eml(store: Any, tmp_path: Path) -
     assert "USD" in costmail.cost_line(out)
     with pytest.raises(UserError, match="--mail-to"):
         run_demo(tmp_path / "d", mail_to="not-an-address")
+
+
+def test_daemon_report_job_mails_after_the_report(store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's daily report job, with mail.dry_run_dir: the report mail and the due digests land as .eml."""
+    cfg = parse({"report": {"out_dir": str(tmp_path / "reports")},
+                 "mail": {"from": "a@example.com", "report_to": ["ops@example.com"], "digest_after_days": 5,
+                          "dry_run_dir": str(tmp_path / "eml")}}, "t", env={})
+    report_job(store[0], cfg)
+    tos = [email.message_from_bytes(p.read_bytes(), policy=policy.default)["To"]
+           for p in sorted((tmp_path / "eml").rglob("*.eml"))]
+    assert tos == ["ops@example.com", "ann@example.com"]
