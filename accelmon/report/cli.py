@@ -143,5 +143,11 @@ def run_report(store: Store, cfg: Any, *, since: str | None = None, from_: dt.da
     print(f"plan        {s['plan_steps']} step(s) free {s['plan_frees_gpus']} GPU(s); {s['plan_frees_hosts']} "
           f"emptied host(s) save {s['plan_kwh_month_saved']:,.0f} kWh/month; {s['plan_freed_capacity_gpus']} GPU(s) "
           "of capacity in hosts that stay on")
+    c = doc.get("cost") or {}
+    t = c.get("total") or {}
+    if t:  # analytics/cost.py: NULL where unpriced, never 0
+        idle_cost = "unpriced" if t.get("idle_cost") is None else f"{t['idle_cost']:,.2f} {c['currency']}"
+        print(f"idle cost   {idle_cost} over the window ({t.get('unpriced_gpus', 0)} GPU(s) without a price); "
+              f"by team, owner and VM in the report")
     print(f"report      {out / 'report.html'}")
     return 0
