@@ -106,6 +106,9 @@ class MailConfig(_Model):
             raise ValueError("give password or password_file, not both")
         if self.password_file is not None and not self.password_file.is_file():
             raise ValueError(f"password_file: file not found: {self.password_file}")
+        if self.security == "none" and self.username:  # AUTH would send the password in clear text
+            raise ValueError("username with security = none would send the password unencrypted: "
+                             "use starttls or ssl")
         if self.ca_bundle is not None and not self.ca_bundle.is_file():
             raise ValueError(f"ca_bundle: file not found: {self.ca_bundle}")
         return self

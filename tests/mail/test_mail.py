@@ -26,7 +26,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from accelmon.config import parse
+from accelmon.config import ConfigError, parse
 from accelmon.demo import costmail, run_demo
 from accelmon.errors import UserError
 from accelmon.mail.cli import run_mail
@@ -218,3 +218,18 @@ def test_daemon_report_job_mails_after_the_report(store: Any, tmp_path: Path, mo
     tos = [email.message_from_bytes(p.read_bytes(), policy=policy.default)["To"]
            for p in sorted((tmp_path / "eml").rglob("*.eml"))]
     assert tos == ["ops@example.com", "ann@example.com"]
+
+
+def test_mail_config_errors_are_one_line_each(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse({"mail": {"security": "none", "username": "u", "report_to": ["nope"], "from": "x",
+                        "password": PASSWORD}}, "t.toml", env={})
+    text = "\n".join(e.value.lines)
+    assert "t.toml: mail.report_to: [0]: not an e-mail address" in text and "t.toml: mail.from:" in text
+    assert PASSWORD not in text
+    with pytest.raises(ConfigError) as e:
+        parse({"mail": {"security": "none", "username": "u", "password": PASSWORD}}, "t.toml", env={})
+    assert len(e.value.lines) == 1 and "unencrypted" in e.value.lines[0] and PASSWORD not in e.value.lines[0]
+    with pytest.raises(ConfigError) as e:
+        parse({"mail": {"security": "tls"}}, "t.toml", env={})
+    assert e.value.lines == ['t.toml: mail.security: must be starttls, ssl or none: "tls"']
