@@ -34,9 +34,11 @@ def write_eml(messages: list[tuple[str, EmailMessage]], out_dir: Path) -> list[P
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
-        for i, (name, m) in enumerate(messages, 1):
+        first = len(list(out_dir.glob("*.eml"))) + 1  # a second batch in the same directory continues the numbers
+        for i, (name, m) in enumerate(messages, first):
             p = out_dir / f"{i:02d}-{_slug(name)}.eml"
-            p.write_bytes(m.as_bytes())
+            with open(p, "xb") as f:  # never overwrite
+                f.write(m.as_bytes())
             paths.append(p)
     except OSError as e:
         raise UserError(f"mail.dry_run_dir: {out_dir}: cannot write: {e.strerror or e}") from None
