@@ -264,11 +264,28 @@ def demo(
     duration: Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds "
                                                    "(default: run until Ctrl-C).")] = None,
     vms: Annotated[int, typer.Option("--vms", help="VMs in the simulated estate.")] = 60,
+    mail_to: Annotated[str | None, typer.Option("--mail-to", help="Also write the report mail to this address and "
+                                                "the owner digests as .eml files under <data-dir>/mail/ (a dry run: "
+                                                "nothing is sent).")] = None,
 ) -> None:
     """Run a simulated GPU estate end to end: vCenter simulator, GPU agents, daemon, Prometheus, report."""
     _setup_logging()
     fn = _delegate("accelmon.demo", "run_demo", "demo")
-    raise typer.Exit(fn(state.data_dir(), duration=duration, vms=vms))
+    raise typer.Exit(fn(state.data_dir(), duration=duration, vms=vms, mail_to=mail_to))
+
+
+@app.command()
+def mail(
+    what: Annotated[str, typer.Argument(help="report (write the report and mail it to mail.report_to) or digests "
+                                        "(mail each owner whose GPUs stayed flagged mail.digest_after_days days).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write .eml files (mail.dry_run_dir, else "
+                                          "<data-dir>/mail/<time>/) instead of sending.")] = False,
+) -> None:
+    """Mail the daily report or the per-owner digests (SMTP settings: [mail] in accelmon.toml)."""
+    cfg = state.config()
+    _setup_logging(cfg)
+    fn = _delegate("accelmon.mail.cli", "run_mail", "mail")
+    raise typer.Exit(fn(state.store(), cfg, what, dry_run=dry_run))
 
 
 @app.command("check-config")

@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from accelmon.config_cost import PASSWORD_ENV, CostConfig, MailConfig
 from accelmon.owners_config import OwnersConfig
 
 DEFAULT_CONFIG_NAME = "accelmon.toml"
@@ -322,6 +323,8 @@ class Config(_Model):
     report: ReportConfig = Field(default_factory=ReportConfig)
     exporter: ExporterConfig = Field(default_factory=ExporterConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)  # accelmon/config_cost.py, docs/cost.md
+    mail: MailConfig = Field(default_factory=MailConfig)  # accelmon/config_cost.py, docs/report.md "Mail"
     sources: dict[str, bool] = Field(default_factory=dict)  # enable/disable by source name
     owners: OwnersConfig = Field(default_factory=OwnersConfig)  # docs/owners.md
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -369,7 +372,7 @@ def _msg(err: Mapping[str, Any]) -> str:
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     for k, v in env.items():
-        if not k.startswith("ACCELMON_") or k in ("ACCELMON_CONFIG",):
+        if not k.startswith("ACCELMON_") or k in ("ACCELMON_CONFIG", PASSWORD_ENV):
             continue
         path = [p.lower() for p in k[len("ACCELMON_") :].split("__")]
         node: Any = raw

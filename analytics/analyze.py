@@ -12,6 +12,7 @@ from accelmon.analytics import (
     actions,
     activity,
     consolidation,
+    cost,
     estate,
     identity,
     longwindow,
@@ -43,12 +44,15 @@ class Analysis:
     changes: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     numa_unknown: pl.DataFrame = field(default_factory=pl.DataFrame)  # GPU VMs whose NUMA alignment is unknown
+    cost: dict[str, Any] = field(default_factory=dict)  # analytics/cost.py: idle cost per GPU/VM/owner/team, plan money
 
 
 def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | None = None,
-            con: Any | None = None, now: dt.datetime | None = None, rollup_after: float | None = None) -> Analysis:
+            con: Any | None = None, now: dt.datetime | None = None, rollup_after: float | None = None,
+            prices: Any | None = None) -> Analysis:
     """``thresholds``: :class:`accelmon.config.ThresholdsConfig` (or anything with its fields).
-    ``rollup_after``: a window longer than this many seconds reads hourly rollups (docs/store.md)."""
+    ``rollup_after``: a window longer than this many seconds reads hourly rollups (docs/store.md).
+    ``prices``: :class:`accelmon.config_cost.CostConfig` (None: no prices, every cost NULL)."""
     th = {k: float(getattr(thresholds, k)) for k in (
         "underutilized_percent", "min_coverage_ratio", "min_covered_duration", "window", "stun_limit_seconds",
         "target_util_percent")}
@@ -107,4 +111,6 @@ def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | Non
         plan=the_plan,
         changes=findings.changes(con, gpus, generated),
         stats=wf.stats,
+        cost=cost.compute(gpus, gmap, cost.physical_gpus(con), cost.owners_at(con, window.end),
+                          cost.power_reported(con, window.start, window.end), the_plan, cost.Prices.of(prices), table),
     )

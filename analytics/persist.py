@@ -49,7 +49,30 @@ def findings_rows(a: Analysis) -> list[dict[str, Any]]:
     """The run's ``findings`` rows (pure: the same rows whether written, rendered as CSV or both)."""
     return findings_mod.rows(run_id=a.run_id, generated_at=a.generated_at, window=a.window, gpus=a.gpus,
                              numa=a.numa, vmotion_flagged=a.vmotion["flagged"], plan=a.plan,
-                             thresholds=a.thresholds, numa_unknown=a.numa_unknown)
+                             thresholds=a.thresholds, numa_unknown=a.numa_unknown) + idle_cost_rows(a)
+
+
+def idle_cost_rows(a: Analysis) -> list[dict[str, Any]]:
+    """One ``idle_cost`` finding per team with a known idle cost (analytics/cost.py, docs/cost.md):
+    subject = team ("" = unowned), value = idle cost over the window in ``evidence.currency``. The
+    exporter's ``accelmon_idle_cost{team}`` reads these rows, never a report file."""
+    c = a.cost or {}
+    out = []
+    for t in c.get("by_team") or []:
+        if t.get("idle_cost") is None:
+            continue
+        team = t.get("team") or ""
+        out.append({
+            "generated_at": a.generated_at, "run_id": a.run_id, "kind": "idle_cost", "subject": team,
+            "vcenter_uuid": None, "window_start": a.window.start, "window_end": a.window.end,
+            "value": float(t["idle_cost"]),
+            "reason": f"{t.get('idle_gpu_hours') or 0:,.1f} idle GPU-hours of {t['gpus']} GPU(s) of team "
+                      f"{team or '(unowned)'} cost {t['idle_cost']:,.2f} {c.get('currency') or ''}".rstrip(),
+            "fix": "see the underutilized findings of these GPUs and the owner digest",
+            "evidence_json": json.dumps({"currency": c.get("currency"), **{k: t.get(k) for k in (
+                "gpus", "flagged_gpus", "idle_gpu_hours", "idle_energy_kwh", "idle_energy_cost", "unpriced_gpus")}}),
+        })
+    return out
 
 
 def _host_vcenters(a: Analysis) -> dict[str, str]:
@@ -118,13 +141,14 @@ def persist(store: Store, a: Analysis) -> Stored:
 
 def run(store: Store, thresholds: Any, *, since: str | None = None, from_: dt.datetime | None = None,
         to: dt.datetime | None = None, now: dt.datetime | None = None, con: Any | None = None,
-        threads: int | None = None, rollup_after: float | None = None) -> Analysis:
+        threads: int | None = None, rollup_after: float | None = None, prices: Any | None = None) -> Analysis:
     """Resolve the window (analytics/window.py), analyse it and persist the run: the analysis step of
     every verb and job that analyses. ``rollup_after``: windows longer than this (s) read the hourly
-    rollups (docs/store.md, "Rollups")."""
+    rollups (docs/store.md, "Rollups"). ``prices``: the ``[cost]`` config (docs/cost.md)."""
     first, last = data_range(store)
     window = resolve_window(since=since, from_=from_, to=to, default_seconds=float(thresholds.window),
                             data_first=first, data_last=last, now=now)
-    a = analyze(store, thresholds, window, con=con, now=now, threads=threads, rollup_after=rollup_after)
+    a = analyze(store, thresholds, window, con=con, now=now, threads=threads, rollup_after=rollup_after,
+                prices=prices)
     persist(store, a)
     return a

@@ -184,6 +184,14 @@ def fleet() -> Dashboard:
         ("sum(accelmon_consolidation_freed_hosts)", "hosts freed"),
     ], desc="The latest consolidation plan (analytics run; all daemons): VM moves, and the GPUs and hosts "
         "they empty. The report lists each move with its vGPU profile and NUMA affinity."), 6, 4)
+    L.add(BarGauge(title="Idle cost by team", description="Idle cost of each team's GPUs over the latest analytics "
+                   "run's window: idle GPU-hours × price per GPU-hour ([cost] in accelmon.toml; a vGPU at its "
+                   "framebuffer fraction), docs/cost.md. Owner/team from vSphere; 'unowned' where none is known. "
+                   "Estate-wide (one analysis), so the filters do not apply; unpriced GPUs are not in it.",
+                   dataSource=DS, targets=[target("sort_desc(sum by (team, currency) (accelmon_idle_cost))",
+                                                  "{{team}} ({{currency}})", instant=True)],
+                   format="none", orientation="horizontal", displayMode="gradient", max=None, min=0,
+                   calc="lastNotNull", decimals=2), 24, 6)
     L.row("Utilization")
     L.add(series("Fleet busy share", targets(
         (f"avg({busy_share('$__rate_interval')})", "fleet"),

@@ -153,14 +153,30 @@ def plan_summary(rows: list[dict[str, Any]], steps: list[dict[str, Any]]) -> Pla
         except (ValueError, AttributeError):
             src = None
         sources.add(str(src) if src else f"{r.get('vcenter_uuid')}/{r['subject']}")
+    teams, currency = _idle_cost(rows)
     if moves and not steps:
-        return PlanSummary(generated_at=generated, run_id=run_id, moves=len(moves), freed_gpus=len(sources))
+        return PlanSummary(generated_at=generated, run_id=run_id, moves=len(moves), freed_gpus=len(sources),
+                           idle_cost_by_team=teams, currency=currency)
     off = [s for s in steps if s["action"] == POWER_OFF_HOST]
     return PlanSummary(
         generated_at=generated, run_id=run_id, moves=len(moves), freed_gpus=len(sources), freed_hosts=len(off),
         watts_saved=float(sum(s["saves_watts"] for s in off if s["saves_watts"] is not None)),
         unmeasured_freed_gpus=int(sum(s["frees_gpus"] or 0 for s in off if s["saves_watts"] is None)),
+        idle_cost_by_team=teams, currency=currency,
     )
+
+
+def _idle_cost(rows: list[dict[str, Any]]) -> tuple[tuple[tuple[str, float], ...] | None, str | None]:
+    """Idle cost per team of the run: its ``idle_cost`` findings (analytics/persist.py; subject = team,
+    "" unowned; value = cost in the evidence's currency). None where the run priced nothing."""
+    cost = [r for r in rows if r["kind"] == "idle_cost" and r["value"] is not None]
+    if not cost:
+        return None, None
+    try:
+        currency = json.loads(cost[0].get("evidence_json") or "{}").get("currency")
+    except (ValueError, AttributeError):
+        currency = None
+    return tuple((str(r["subject"]), float(r["value"])) for r in cost), currency
 
 
 _LATEST = {  # {shard}: the daemon's own shard (validated [a-z0-9_-]); other shards are other daemons'

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def run_demo(data_dir: Path, *, duration: float | None = None, vms: int = 60) -> int:
+def run_demo(data_dir: Path, *, duration: float | None = None, vms: int = 60, mail_to: str | None = None) -> int:
     from accelmon.demo.runner import run_demo as _run
 
-    return _run(data_dir, duration=duration, vms=vms)
+    return _run(data_dir, duration=duration, vms=vms, mail_to=mail_to)
 
 
 __all__ = ["run_demo"]

@@ -33,6 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from accelmon.demo import costmail
 from accelmon.demo.backfill import backfill
 from accelmon.demo.estate import AgentPlan, plan_agents, write_specs
 from accelmon.demo.procs import Child, pick_port
@@ -89,7 +90,7 @@ def _toml_str(v: object) -> str:
     return json.dumps(str(v))
 
 
-def daemon_config(sim: Any, agent_urls: list[str], password_file: Path, listen: str) -> str:
+def daemon_config(sim: Any, agent_urls: list[str], password_file: Path, listen: str, extra: str = "") -> str:
     return "\n".join([
         "# accelmon demo: the daemon's config (generated)",
         'log_level = "info"',
@@ -114,7 +115,7 @@ def daemon_config(sim: Any, agent_urls: list[str], password_file: Path, listen: 
         "[exporter]",
         f"listen = {_toml_str(listen)}",
         "",
-    ])
+    ]) + extra
 
 
 def _wait_file(path: Path, child: Child, timeout_s: float) -> dict[str, Any]:
@@ -185,12 +186,13 @@ def _start_agents(plans: list[AgentPlan], work: Path, stack: ExitStack) -> dict[
     return urls
 
 
-def run_demo(data_dir: Path, *, duration: float | None = None, vms: int = 60) -> int:
+def run_demo(data_dir: Path, *, duration: float | None = None, vms: int = 60, mail_to: str | None = None) -> int:
     """Run the demo; returns the exit code (0 after ``duration`` seconds or a Ctrl-C once running)."""
     if vms < 10:
         raise UserError("--vms: give at least 10 (the seeded estate needs room for its GPU VMs)")
     if duration is not None and duration <= 0:
         raise UserError("--duration: must be > 0 seconds")
+    costmail.check_address(mail_to)
     from accelmon.exporter.prometheus_server import find_prometheus
 
     if find_prometheus() is None:
@@ -205,7 +207,7 @@ def run_demo(data_dir: Path, *, duration: float | None = None, vms: int = 60) ->
     rc = 0
     try:
         with ExitStack() as stack, Display() as ui:
-            rc = _run(data_dir, work, duration, vms, ui, stack, state, state_file)
+            rc = _run(data_dir, work, duration, vms, ui, stack, state, state_file, mail_to)
             for s in (signal.SIGINT, signal.SIGTERM):  # no interruptions while stopping
                 signal.signal(s, signal.SIG_IGN)
             ui.note("stopping everything the demo started …")
@@ -224,7 +226,7 @@ def run_demo(data_dir: Path, *, duration: float | None = None, vms: int = 60) ->
 
 
 def _run(data_dir: Path, work: Path, duration: float | None, vms: int, ui: Display, stack: ExitStack,
-         state: dict[str, Any], state_file: Path) -> int:
+         state: dict[str, Any], state_file: Path, mail_to: str | None = None) -> int:
     from accelmon.config import load
     from accelmon.sim.vcsim import Vcsim, build
     from accelmon.store.writer import Store
@@ -251,7 +253,8 @@ def _run(data_dir: Path, work: Path, duration: float | None, vms: int, ui: Displ
     bind = os.environ.get("ACCELMON_DEMO_BIND", "127.0.0.1")
     daemon_port = pick_port(DAEMON_PORT, bind)
     cfg_path = work / "accelmon.toml"
-    cfg_path.write_text(daemon_config(sim, agent_urls, password_file, f"{bind}:{daemon_port}"))
+    cfg_path.write_text(daemon_config(sim, agent_urls, password_file, f"{bind}:{daemon_port}",
+                                      costmail.COST_TOML + costmail.mail_toml(mail_to, data_dir / "mail")))
     cfg = load(cfg_path)
     cli = ["-m", "accelmon.cli", "--config", str(cfg_path), "--data-dir", str(data_dir)]
     live_start = time.time()
@@ -273,6 +276,10 @@ def _run(data_dir: Path, work: Path, duration: float | None, vms: int, ui: Displ
     with ui.step("writing the report"):
         report_doc = _write_report(store, cfg, report_dir, ui)
     report_ok = report_doc is not None
+    if report_doc is not None and mail_to:
+        with ui.step(f"writing the report mail and the owner digests (dry run, .eml) for {mail_to}"):
+            for line in costmail.write_mail(store, cfg, report_doc, report_dir):
+                ui.note(f"mail {line}")
 
     with ui.step("starting the daemon and Prometheus"):
         daemon = Child.python("daemon", [*cli, "run"], work / "logs" / "daemon.log")
@@ -286,6 +293,8 @@ def _run(data_dir: Path, work: Path, duration: float | None, vms: int, ui: Displ
         stack.callback(prom.stop)
 
     state["report_summary"] = _report_summary(report_doc)
+    if report_doc is not None and costmail.cost_line(report_doc):
+        state["report_summary"] += "; " + costmail.cost_line(report_doc)
     state.update({
         "ready": True, "metrics_url": metrics_url, "prometheus_url": prom.url,
         "report": str(report_dir / "report.html") if report_ok else None, "vcenter_url": sim.url,

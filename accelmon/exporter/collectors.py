@@ -305,6 +305,13 @@ def _plan_families(p: PlanSummary | None) -> Iterator[Metric]:
     if p.unmeasured_freed_gpus is not None:
         yield G("accelmon_consolidation_unmeasured_freed_gpus",
                 "Freed GPUs without a measured idle power (not in the saved power).", value=p.unmeasured_freed_gpus)
+    if p.idle_cost_by_team is not None:  # bounded: one series per team (docs/owners.md), "unowned" included
+        cost = G("accelmon_idle_cost", "Idle cost of the team's GPUs over the latest analytics run's window "
+                 "(idle GPU-hours × price per GPU-hour, docs/cost.md), in the currency of the label.",
+                 labels=["team", "currency"])
+        for team, v in p.idle_cost_by_team:
+            cost.add_metric([team, p.currency or ""], v)
+        yield cost
     yield G("accelmon_consolidation_plan_timestamp_seconds", "When the analytics run that made the plan ran.",
             value=p.generated_at)
 

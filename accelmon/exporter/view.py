@@ -74,6 +74,9 @@ class PlanSummary:
     freed_hosts: int | None = None  # None: not known (a run with moves but no plan_action rows)
     watts_saved: float | None = None
     unmeasured_freed_gpus: int | None = None
+    # idle cost per team over the run's window (``idle_cost`` findings, analytics/cost.py); None: unknown
+    idle_cost_by_team: tuple[tuple[str, float], ...] | None = None
+    currency: str | None = None
 
 
 @dataclass

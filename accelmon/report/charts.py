@@ -20,6 +20,13 @@ def _svg(fig: Figure) -> str:
     return buf.getvalue().decode()
 
 
+def _png(fig: Figure) -> bytes:
+    """PNG for e-mail bodies (mail clients do not render SVG; accelmon/mail inlines these as cid: images)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight", dpi=110, metadata={"Software": None})
+    return buf.getvalue()
+
+
 def data_uri(svg: str) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
 
@@ -47,6 +54,14 @@ def heatmap(heat: pl.DataFrame, order: list[str], start_ms: int, cell_ms: int, n
 
 
 def distribution(mean_util: list[float], threshold: float) -> str:
+    return _svg(distribution_figure(mean_util, threshold))
+
+
+def distribution_png(mean_util: list[float], threshold: float) -> bytes:
+    return _png(distribution_figure(mean_util, threshold))
+
+
+def distribution_figure(mean_util: list[float], threshold: float) -> Figure:
     fig = Figure(figsize=(6.5, 3))
     ax = fig.subplots()
     ax.hist(mean_util or [0], bins=np.arange(0, 102.5, 2.5), color="#2563eb", edgecolor="white")
@@ -55,7 +70,7 @@ def distribution(mean_util: list[float], threshold: float) -> str:
     ax.set_xlabel("mean utilization over the window (%)")
     ax.set_ylabel("GPUs")
     ax.set_xlim(0, 100)
-    return _svg(fig)
+    return fig
 
 
 def stun(vgpu: list[float], other: list[float], limit: float) -> str:
@@ -76,11 +91,20 @@ def stun(vgpu: list[float], other: list[float], limit: float) -> str:
 
 
 def top_idle(labels: list[str], idle_hours: list[float]) -> str:
+    return _svg(top_idle_figure(labels, idle_hours))
+
+
+def top_idle_png(labels: list[str], idle_hours: list[float], xlabel: str = "idle GPU-hours in the window") -> bytes:
+    return _png(top_idle_figure(labels, idle_hours, xlabel))
+
+
+def top_idle_figure(labels: list[str], idle_hours: list[float], xlabel: str = "idle GPU-hours in the window"
+                    ) -> Figure:
     fig = Figure(figsize=(6.5, 0.6 + 0.22 * max(len(labels), 1)))
     ax = fig.subplots()
     y = np.arange(len(labels))
     ax.barh(y, idle_hours, color="#f59e0b")
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
-    ax.set_xlabel("idle GPU-hours in the window")
-    return _svg(fig)
+    ax.set_xlabel(xlabel)
+    return fig

@@ -126,7 +126,7 @@ def generate(store: Store, cfg: Any, *, since: str | None = None, from_: dt.date
             log(f"report: {msg} ({time.monotonic() - t0:.1f}s)")
 
     a = persist.run(store, cfg.thresholds, since=since, from_=from_, to=to, now=now,
-                    rollup_after=float(cfg.report.rollup_after))
+                    rollup_after=float(cfg.report.rollup_after), prices=cfg.cost)
     say(f"window {a.window.start:%Y-%m-%d %H:%M} – {a.window.end:%Y-%m-%d %H:%M} UTC")
     say(f"analysed and stored {a.stats['rows']:,} samples of {a.gpus.height} GPUs (run {a.run_id})")
     doc, out = write_report(store, cfg, a, out_dir=out_dir)
@@ -161,4 +161,10 @@ def print_summary(a: Analysis, doc: dict[str, Any], out: Path) -> None:
     print(f"plan        {s['plan_steps']} step(s) free {s['plan_frees_gpus']} GPU(s); {s['plan_frees_hosts']} "
           f"emptied host(s) save {s['plan_kwh_month_saved']:,.0f} kWh/month; {s['plan_freed_capacity_gpus']} GPU(s) "
           "of capacity in hosts that stay on")
+    c = doc.get("cost") or {}
+    t = c.get("total") or {}
+    if t:  # analytics/cost.py: NULL where unpriced, never 0
+        idle_cost = "unpriced" if t.get("idle_cost") is None else f"{t['idle_cost']:,.2f} {c['currency']}"
+        print(f"idle cost   {idle_cost} over the window ({t.get('unpriced_gpus', 0)} GPU(s) without a price); "
+              f"by team, owner and VM in the report")
     print(f"report      {out / 'report.html'}")

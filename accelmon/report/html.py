@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from accelmon.analytics.analyze import Analysis
-from accelmon.report import charts
+from accelmon.report import charts, costhtml
 from accelmon.report import plan as plan_section
 
 CSS = """
@@ -140,6 +140,7 @@ def render(a: Analysis, doc: dict[str, Any]) -> str:
           num(r["idle_hours"]), num(r["allocated_idle_hours"]), num(r["idle_energy_kwh"], "{:.2f}"), presence(r),
           num(pct(r["coverage_ratio"]), "{:.0f} %")] for r in top.to_dicts()],
         numeric={4, 5, 6, 7, 8, 9, 11}) if top.height else '<p class="sub">None.</p>')
+    parts.append(costhtml.section(doc.get("cost") or {}))
     parts.append(effective_section(doc, th))
     # NUMA
     parts.append("<h2>NUMA-misaligned VMs</h2>")

@@ -118,5 +118,7 @@ def build(a: Analysis) -> dict[str, Any]:
         },
         "consolidation": clean(a.plan.to_dict()),
         "changes": clean(a.changes),
+        # analytics/cost.py (docs/cost.md): currency, total, by_gpu, by_vm, by_owner, by_team, plan
+        "cost": clean(a.cost),
         "stats": a.stats,
     }

@@ -152,7 +152,7 @@ def run_plan(store: Store, cfg: Any, *, fmt: str = "json", out: Path | None = No
     if fmt not in FORMATS:
         raise UserError(f"--format: must be json or powercli, not {fmt!r}")
     a = persist.run(store, cfg.thresholds, since=since, from_=from_, to=to, now=now,
-                    rollup_after=float(cfg.report.rollup_after))
+                    rollup_after=float(cfg.report.rollup_after), prices=cfg.cost)
     text = (json.dumps(plan_json(a), indent=1, default=str) + "\n") if fmt == "json" else powercli_script(a)
     if out is None:
         sys.stdout.write(text)

@@ -10,6 +10,7 @@ from apscheduler.triggers.cron import CronTrigger
 from accelmon.analytics import persist
 from accelmon.analytics.analyze import Analysis
 from accelmon.errors import UserError
+from accelmon.mail.cli import mail_after_report
 from accelmon.report.cli import write_report
 
 log = logging.getLogger(__name__)
@@ -62,17 +63,26 @@ def report_job(store: Any, cfg: Any) -> Analysis | None:
     analytics/persist.py), then the renderers read that analysis (report files). Returns the
     analysis (None when it failed); the daemon then refreshes its /metrics gauges from the store."""
     try:
-        a = persist.run(store, cfg.thresholds, rollup_after=float(cfg.report.rollup_after))
+        a = persist.run(store, cfg.thresholds, rollup_after=float(cfg.report.rollup_after), prices=cfg.cost)
     except Exception:  # the daemon keeps running; the next day tries again
         log.exception("daily analysis failed")
         return None
     log.info("analysis run %s stored (%d GPUs, %d underutilized, %d plan step(s))", a.run_id, a.gpus.height,
              int((a.gpus["status"] == "underutilized").sum()), len(a.plan.steps))
     try:
-        _doc, out = write_report(store, cfg, a)
+        doc, out = write_report(store, cfg, a)
         log.info("report of run %s written to %s", a.run_id, out)
     except Exception:  # the run is stored; only its files are missing
         log.exception("daily report of run %s failed", a.run_id)
+        return a
+    if cfg.mail.host or cfg.mail.dry_run_dir is not None:  # then the report mail and the digests
+        try:
+            for line in mail_after_report(store, cfg, doc, out):
+                log.info("mail: %s", line)
+        except UserError as e:  # one line, credentials redacted (accelmon/mail/smtp.py)
+            log.error("mail: %s", e)
+        except Exception:
+            log.exception("mail after the daily report of run %s failed", a.run_id)
     return a
 
 

@@ -474,7 +474,7 @@ FINDINGS = _register(
         columns=(
             C("generated_at", TS, "when the analytics run produced it", False),
             C("run_id", _STR, "analytics run id", False),
-            C("kind", _STR, "underutilized | insufficient_data | mig_unreported | numa_misaligned | numa_unknown | vmotion_stun | consolidation_move", False),
+            C("kind", _STR, "underutilized | insufficient_data | mig_unreported | numa_misaligned | numa_unknown | vmotion_stun | consolidation_move | hollow | idle_cost (per team: subject = team, value = idle cost)", False),
             C("subject", _STR, "GPU UUID / VM moref / … the finding is about", False),
             C("vcenter_uuid", _STR, "vCenter, when relevant"),
             C("window_start", TS, "analysed window start"),

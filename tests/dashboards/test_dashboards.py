@@ -92,7 +92,8 @@ def test_panel_queries_filter_by_the_variables() -> None:
         for sel in re.findall(r"(accelmon_gpu_\w+)\{([^}]*)\}", q.expr):
             if sel[0] not in ("accelmon_gpu_info", "accelmon_gpu_placement_info"):
                 assert "$gpu" in sel[1] and "$vm" in sel[1] and "$vcenter" in sel[1], (q.dashboard, q.panel, sel)
-        estate_wide = all(n.startswith("accelmon_consolidation_") for n in metric_names(q.expr))
+        estate_wide = all(n.startswith(("accelmon_consolidation_", "accelmon_idle_cost"))
+                          for n in metric_names(q.expr))  # plan and idle cost: one analysis of the estate
         if q.dashboard != "accelmon-health" and not estate_wide:  # the plan covers the estate: no filter
             assert re.search(r"\$(vcenter|cluster|host|vm|gpu)\b", q.expr), (q.dashboard, q.panel)
 
