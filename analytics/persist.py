@@ -54,20 +54,20 @@ def findings_rows(a: Analysis) -> list[dict[str, Any]]:
 
 def idle_cost_rows(a: Analysis) -> list[dict[str, Any]]:
     """One ``idle_cost`` finding per team with a known idle cost (analytics/cost.py, docs/cost.md):
-    subject = team ("" = unowned), value = idle cost over the window in ``evidence.currency``. The
+    subject = team ("unowned" for VMs without one), value = idle cost over the window in ``evidence.currency``. The
     exporter's ``accelmon_idle_cost{team}`` reads these rows, never a report file."""
     c = a.cost or {}
     out = []
     for t in c.get("by_team") or []:
         if t.get("idle_cost") is None:
             continue
-        team = t.get("team") or ""
+        team = t.get("team") or "unowned"
         out.append({
             "generated_at": a.generated_at, "run_id": a.run_id, "kind": "idle_cost", "subject": team,
             "vcenter_uuid": None, "window_start": a.window.start, "window_end": a.window.end,
             "value": float(t["idle_cost"]),
             "reason": f"{t.get('idle_gpu_hours') or 0:,.1f} idle GPU-hours of {t['gpus']} GPU(s) of team "
-                      f"{team or '(unowned)'} cost {t['idle_cost']:,.2f} {c.get('currency') or ''}".rstrip(),
+                      f"{team} cost {t['idle_cost']:,.2f} {c.get('currency') or ''}".rstrip(),
             "fix": "see the underutilized findings of these GPUs and the owner digest",
             "evidence_json": json.dumps({"currency": c.get("currency"), **{k: t.get(k) for k in (
                 "gpus", "flagged_gpus", "idle_gpu_hours", "idle_energy_kwh", "idle_energy_cost", "unpriced_gpus")}}),

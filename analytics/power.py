@@ -26,7 +26,8 @@ def power(con: Any, window: Window, gpus: pl.DataFrame) -> dict[str, pl.DataFram
                count(*) AS samples, sum({_E}) AS energy_joules, sum(interval_seconds) AS seconds,
                sum({_E}) / nullif(sum(interval_seconds), 0) AS mean_watts
         FROM vm_power_sample p LEFT JOIN vms v USING (vcenter_uuid, vm_moref)
-        WHERE p.ts >= ? AND p.ts <= ? GROUP BY ALL ORDER BY energy_joules DESC NULLS LAST
+        WHERE p.ts >= ? AND p.ts <= ? GROUP BY ALL
+        ORDER BY round(sum({_E}), 3) DESC NULLS LAST, p.vcenter_uuid, p.vm_moref  -- ties: a stable order
         """,
         args,
     )
@@ -36,7 +37,8 @@ def power(con: Any, window: Window, gpus: pl.DataFrame) -> dict[str, pl.DataFram
                count(*) AS samples, sum({_E}) AS energy_joules, sum(interval_seconds) AS seconds,
                sum({_E}) / nullif(sum(interval_seconds), 0) AS mean_watts
         FROM host_power_sample p LEFT JOIN hosts h USING (vcenter_uuid, host_moref)
-        WHERE p.ts >= ? AND p.ts <= ? GROUP BY ALL ORDER BY energy_joules DESC NULLS LAST
+        WHERE p.ts >= ? AND p.ts <= ? GROUP BY ALL
+        ORDER BY round(sum({_E}), 3) DESC NULLS LAST, p.vcenter_uuid, p.host_moref  -- ties: a stable order
         """,
         args,
     )
@@ -44,7 +46,7 @@ def power(con: Any, window: Window, gpus: pl.DataFrame) -> dict[str, pl.DataFram
         "gpu", "energy_joules", "idle_energy_joules", "energy_kwh", "idle_energy_kwh", "mean_power_watts",
         "idle_power_watts",
         idle_energy_share=pl.when(pl.col("energy_joules") > 0).then(pl.col("idle_energy_joules") / pl.col("energy_joules")),
-    ).sort("idle_energy_joules", descending=True, nulls_last=True)
+    ).sort(pl.col("idle_energy_joules").round(3), "gpu", descending=[True, False], nulls_last=True)
     for df_name in ("vm", "host"):
         df = vm if df_name == "vm" else host
         df = df.with_columns(energy_kwh=pl.col("energy_joules") / 3.6e6)

@@ -167,8 +167,8 @@ def plan_summary(rows: list[dict[str, Any]], steps: list[dict[str, Any]]) -> Pla
 
 
 def _idle_cost(rows: list[dict[str, Any]]) -> tuple[tuple[tuple[str, float], ...] | None, str | None]:
-    """Idle cost per team of the run: its ``idle_cost`` findings (analytics/persist.py; subject = team,
-    "" unowned; value = cost in the evidence's currency). None where the run priced nothing."""
+    """Idle cost per team of the run: its ``idle_cost`` findings (analytics/persist.py; subject = team or
+    "unowned"; value = cost in the evidence currency). None where the run priced nothing."""
     cost = [r for r in rows if r["kind"] == "idle_cost" and r["value"] is not None]
     if not cost:
         return None, None

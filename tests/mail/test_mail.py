@@ -199,12 +199,12 @@ def test_demo_mail_to_writes_report_and_digest_eml(store: Any, tmp_path: Path) -
     raw = tomllib.loads(costmail.COST_TOML + costmail.mail_toml("me@example.com", tmp_path / "mail"))
     cfg = parse(raw, "demo.toml", env={})
     assert cfg.cost.gpu_hour_price["A100"] == 2.5 and cfg.mail.digest_after_days == 1
-    _a, _doc, out = generate(store[0], cfg, out_dir=tmp_path / "report")
-    lines = costmail.write_mail(store[0], cfg, out)
+    _a, doc, out = generate(store[0], cfg, out_dir=tmp_path / "report")
+    lines = costmail.write_mail(store[0], cfg, doc, out)
     emls = sorted((tmp_path / "mail").rglob("*.eml"))
     msgs = [email.message_from_bytes(p.read_bytes(), policy=policy.default) for p in emls]
     assert [m["To"] for m in msgs] == ["me@example.com", "ann@example.com", "bob@example.com"], lines
-    assert "USD" in costmail.cost_line(out)
+    assert "USD" in costmail.cost_line(doc)
     with pytest.raises(UserError, match="--mail-to"):
         run_demo(tmp_path / "d", mail_to="not-an-address")
 
