@@ -11,13 +11,18 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 
-from accelmon import __version__
-from accelmon.config import DEFAULT_CONFIG_NAME, Config, ConfigError, load
+from accelmon import __version__, importer, sqlshell
+from accelmon.collector.agent.main import NVML, run_agent
+from accelmon.config import DEFAULT_CONFIG_NAME, Config, ConfigError, load, parse_duration
+from accelmon.demo.simnvml import simulated_backend
 from accelmon.errors import UserError
+from accelmon.store import Store, StoreError, check
+from accelmon.store.compaction import CompactionFailure
+from accelmon.store.schema import render_markdown
 
 app = typer.Typer(
     name="accelmon",
@@ -53,9 +58,7 @@ class State:
         cfg = self.config()
         return cfg.data_dir if cfg.data_dir is not None else Path(DEFAULT_DATA_DIR)
 
-    def store(self, *, read_only_ok: bool = False) -> Any:
-        from accelmon.store import Store
-
+    def store(self, *, read_only_ok: bool = False) -> Store:
         cfg = self.config()
         return Store(self.data_dir(), gc_grace_seconds=cfg.retention.gc_grace, read_only_ok=read_only_ok)
 
@@ -152,8 +155,8 @@ def agent(
     _setup_logging(cfg)
     if web_config is not None and not web_config.is_file():
         fail(f"--web.config.file: file not found: {web_config}")
-    fn = _delegate("accelmon.collector.agent.main", "run_agent", "agent")
-    raise typer.Exit(fn(cfg, simulate=simulate, listen=listen, once=once, web_config_file=web_config))
+    backend = simulated_backend(simulate) if simulate is not None else NVML
+    raise typer.Exit(run_agent(cfg, backend=backend, listen=listen, once=once, web_config_file=web_config))
 
 
 def _parse_when(value: str | None, option: str) -> dt.datetime | None:
@@ -215,8 +218,6 @@ def sql(
     fmt: Annotated[str, typer.Option("--format", "-f", help="Output format: table, csv or json.")] = "table",
 ) -> None:
     """Run DuckDB SQL over the store (tables and views: see docs/schema.md)."""
-    from accelmon import sqlshell
-
     if fmt not in ("table", "csv", "json"):
         fail(f"--format: must be table, csv or json, not {fmt!r}")
     store = state.store(read_only_ok=True)  # read-only: works on a read-only data dir too
@@ -232,8 +233,6 @@ def import_trace(
 ) -> None:
     """Import GPU utilization traces (CSV) as GPU samples; all or nothing per file, a file
     already imported (same content) adds nothing."""
-    from accelmon import importer
-
     store = state.store()
     code = 0
     try:
@@ -290,8 +289,6 @@ def backfill(
     step: Annotated[str, typer.Option("--step", help='Resolution, e.g. "60s".')] = "60s",
 ) -> None:
     """Import history (DCGM utilization, power, framebuffer) from a Prometheus server."""
-    from accelmon.config import parse_duration
-
     try:
         since_s, step_s = parse_duration(since), parse_duration(step)
     except ValueError as e:
@@ -305,8 +302,6 @@ def compact(
     gc: Annotated[bool, typer.Option("--gc/--no-gc", help="Also delete retired files past the grace period.")] = True,
 ) -> None:
     """Merge small Parquet files into one sorted file per table and day (the daemon does this hourly)."""
-    from accelmon.store.compaction import CompactionFailure
-
     store = state.store()
     failures: list[CompactionFailure] = []
     try:
@@ -335,8 +330,6 @@ def store_check(
                                          "remove leftovers, rebuild the catalog.")] = False,
 ) -> None:
     """List unreadable Parquet files and leftovers of a kill (exit 1 if any); --repair fixes them."""
-    from accelmon.store import check
-
     store = state.store(read_only_ok=not repair)
     res = check.check(store)
     for b in res.bad_files:
@@ -347,7 +340,7 @@ def store_check(
         typer.echo(f"{res.files_checked} files checked, {len(res.bad_files)} unreadable, "
                    f"{len(res.leftover_links)} leftover(s)" + ("" if res.ok else "; repair: accelmon store check --repair"))
         raise typer.Exit(0 if res.ok else 1)
-    fixed = check.repair(store, res)
+    fixed = store.repair(res)
     for b, dest in zip(res.bad_files, fixed.quarantined, strict=True):
         typer.echo(f"{b.shown(store)}: moved to {dest}")
     for link in fixed.links_removed:
@@ -360,8 +353,6 @@ def store_check(
 @app.command()
 def schema() -> None:
     """Print the store schema (tables, columns with units, views) as Markdown."""
-    from accelmon.store.schema import render_markdown
-
     typer.echo(render_markdown(), nl=False)
 
 
@@ -382,8 +373,6 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         sys.exit(130)
     except Exception as e:  # usage errors (click's, vendored by typer) and store errors
-        from accelmon.store.writer import StoreError
-
         show, code = getattr(e, "show", None), getattr(e, "exit_code", None)
         if callable(show) and isinstance(code, int):
             show()

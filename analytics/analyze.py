@@ -13,6 +13,7 @@ from accelmon.analytics import (
     activity,
     consolidation,
     estate,
+    findings,
     identity,
     numa,
     power,
@@ -89,7 +90,6 @@ def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | Non
     gpus = rightsize.per_gpu(gpus, sugg)
     generated = now or dt.datetime.now(dt.UTC)
     alignment = numa.numa_alignment(con)
-    from accelmon.analytics import findings
 
     return Analysis(
         run_id=f"{generated:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",

@@ -177,7 +177,7 @@ def main() -> int:
 
     from accelmon.config import parse
     from accelmon.daemon.service import Daemon
-    from accelmon.exporter.prometheus_server import free_port
+    from accelmon.demo.prometheus import free_port
     from accelmon.exporter.server import MetricsApp, serve
     from accelmon.sim.vcsim import Vcsim
     from accelmon.store import Store

@@ -1,15 +1,12 @@
 """``accelmon demo``: the seeded vCenter simulator, simulated GPU agents, the daemon, Prometheus
-and the report, end to end in one command (see :mod:`accelmon.demo.runner`)."""
+and the report, end to end in one command (see :mod:`accelmon.demo.runner`).
+
+Demo and test support, not product code: the only package that may import the simulator
+(:mod:`accelmon.sim`), and the home of the real-Prometheus harness (:mod:`accelmon.demo.prometheus`)
+that the demo, the tests and the benches start Prometheus with."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-
-def run_demo(data_dir: Path, *, duration: float | None = None, vms: int = 60) -> int:
-    from accelmon.demo.runner import run_demo as _run
-
-    return _run(data_dir, duration=duration, vms=vms)
-
+from accelmon.demo.runner import run_demo
 
 __all__ = ["run_demo"]

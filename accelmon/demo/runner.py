@@ -26,17 +26,23 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from accelmon.config import load
 from accelmon.demo.backfill import backfill
 from accelmon.demo.estate import AgentPlan, plan_agents, write_specs
 from accelmon.demo.procs import Child, pick_port
+from accelmon.demo.prometheus import PrometheusServer, find_prometheus
 from accelmon.demo.ui import Display
 from accelmon.errors import UserError
+from accelmon.report.cli import run_report
+from accelmon.sim.vcsim import Vcsim, build
+from accelmon.store.writer import Store
 
 log = logging.getLogger("accelmon.demo")
 
@@ -189,8 +195,6 @@ def run_demo(data_dir: Path, *, duration: float | None = None, vms: int = 60) ->
         raise UserError("--vms: give at least 10 (the seeded estate needs room for its GPU VMs)")
     if duration is not None and duration <= 0:
         raise UserError("--duration: must be > 0 seconds")
-    from accelmon.exporter.prometheus_server import find_prometheus
-
     if find_prometheus() is None:
         raise UserError("demo: the Prometheus server was not found; install the Debian package `prometheus`")
     data_dir = data_dir.resolve()
@@ -223,10 +227,6 @@ def run_demo(data_dir: Path, *, duration: float | None = None, vms: int = 60) ->
 
 def _run(data_dir: Path, work: Path, duration: float | None, vms: int, ui: Display, stack: ExitStack,
          state: dict[str, Any], state_file: Path) -> int:
-    from accelmon.config import load
-    from accelmon.sim.vcsim import Vcsim, build
-    from accelmon.store.writer import Store
-
     ui.note("a simulated estate: vCenter simulator, simulated NVML in the agents, and a week of history "
             "generated in accelerated simulated time - no real GPU or vCenter is involved")
     with ui.step("building the vCenter simulator (Go, cached after the first time)"):
@@ -353,18 +353,9 @@ class LiveVmotions:
 
 def _write_report(store: Any, cfg: Any, out: Path, ui: Display) -> bool:
     try:
-        from accelmon.report.cli import run_report
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("accelmon.report"):
-            ui.note("report: not available in this build (accelmon.report is missing)")
-            return False
-        raise
-    try:
         rc = run_report(store, cfg, since=f"{HISTORY_DAYS}d", from_=None, to=None, out_dir=out, json_out=False,
                         progress=False)
     except Exception as e:  # the demo goes on without a report; the log keeps the details
-        import traceback
-
         (out.parent / "demo" / "logs" / "report.log").write_text(traceback.format_exc())
         ui.note(f"report: failed ({type(e).__name__}: {e}); details in demo/logs/report.log")
         return False
@@ -411,8 +402,6 @@ class _DemoPrometheus:
     """The shared PrometheusServer helper plus accelmon's alert rules."""
 
     def __new__(cls, targets: list[str], *, scrape_interval: str, port: int, rules: Path | None) -> Any:
-        from accelmon.exporter.prometheus_server import PrometheusServer
-
         class WithRules(PrometheusServer):
             def write_config(self) -> Path:
                 path = super().write_config()

@@ -8,6 +8,7 @@ from typing import Any
 from apscheduler.triggers.cron import CronTrigger
 
 from accelmon.errors import UserError
+from accelmon.report.cli import generate
 
 log = logging.getLogger(__name__)
 JOB_ID = "report"
@@ -55,8 +56,6 @@ def trigger(cron: str) -> CronTrigger:
 
 
 def report_job(store: Any, cfg: Any) -> None:
-    from accelmon.report.cli import generate
-
     try:
         a, _doc, out = generate(store, cfg)
         log.info("report written to %s (%d GPUs, %d underutilized)", out, a.gpus.height,

@@ -21,16 +21,13 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from accelmon.store.fsutil import fsync_dir
+from accelmon.store.layout import Layout
 from accelmon.store.schema import TABLES
-
-if TYPE_CHECKING:
-    from accelmon.store.writer import Store
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +43,7 @@ class BadFile:
     path: Path  # the file in its generation directory
     reason: str
 
-    def shown(self, store: Store) -> Path:
+    def shown(self, store: Layout) -> Path:
         """The path as readers see it: ``<data-dir>/tables/<table>/date=<day>/<name>``."""
         return store.root / "tables" / self.table / f"date={self.partition}" / self.path.name
 
@@ -81,7 +78,7 @@ def file_problem(path: Path, *, deep: bool) -> str | None:
     return None
 
 
-def find_bad_files(store: Store, tables: list[str] | None = None, *, deep: bool = False) -> list[BadFile]:
+def find_bad_files(store: Layout, tables: list[str] | None = None, *, deep: bool = False) -> list[BadFile]:
     out: list[BadFile] = []
     for name in tables or list(TABLES):
         for part in store.partitions(name):
@@ -92,7 +89,7 @@ def find_bad_files(store: Store, tables: list[str] | None = None, *, deep: bool 
     return out
 
 
-def leftover_links(store: Store) -> list[Path]:
+def leftover_links(store: Layout) -> list[Path]:
     out: list[Path] = []
     tables = store.root / "tables"
     if not tables.is_dir():
@@ -102,7 +99,7 @@ def leftover_links(store: Store) -> list[Path]:
     return out
 
 
-def check(store: Store, *, deep: bool = True) -> CheckResult:
+def check(store: Layout, *, deep: bool = True) -> CheckResult:
     res = CheckResult(leftover_links=leftover_links(store))
     for name in TABLES:
         for part in store.partitions(name):
@@ -114,7 +111,7 @@ def check(store: Store, *, deep: bool = True) -> CheckResult:
     return res
 
 
-def report_bad(store: Store, bad: list[BadFile]) -> None:
+def report_bad(store: Layout, bad: list[BadFile]) -> None:
     """Log each bad file once per process, by the name readers see."""
     for b in bad:
         with _reported_lock:
@@ -125,7 +122,7 @@ def report_bad(store: Store, bad: list[BadFile]) -> None:
                     "moves it to %s", b.shown(store), b.reason, store.root / QUARANTINE_DIR)
 
 
-def quarantine(store: Store, bad: BadFile) -> Path:
+def quarantine(store: Layout, bad: BadFile) -> Path:
     """Move a bad file out of its generation to ``quarantine/tables/<table>/date=<day>/<name>``.
 
     Under the table's compaction lock, so no compaction is reading it; appends are unaffected.
@@ -145,7 +142,7 @@ def quarantine(store: Store, bad: BadFile) -> Path:
     return dest
 
 
-def remove_leftover_links(store: Store) -> list[Path]:
+def remove_leftover_links(store: Layout) -> list[Path]:
     """Remove ``.tmp-link-*`` of interrupted partition swaps, under each table's append lock taken
     exclusively (appenders hold it shared and compaction's swap exclusively, so no swap is in flight)."""
     removed: list[Path] = []
@@ -158,11 +155,12 @@ def remove_leftover_links(store: Store) -> list[Path]:
     return removed
 
 
-def repair(store: Store, result: CheckResult | None = None) -> RepairResult:
+def repair_files(store: Layout, result: CheckResult | None = None) -> RepairResult:
+    """Quarantine the unreadable files and remove the leftovers; the catalog is rebuilt by the
+    caller (:meth:`accelmon.store.writer.Store.repair`)."""
     result = result if result is not None else check(store)
     out = RepairResult(links_removed=remove_leftover_links(store))
     for b in result.bad_files:
         out.quarantined.append(quarantine(store, b))
-    out.catalog_written = store.ensure_catalog()
     return out
 

@@ -25,6 +25,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from accelmon.collector.vcenter.session import VCenterSession
+from pyVmomi import vmodl
 
 POWER = "power.power.average"
 ENERGY = "power.energy.summation"
@@ -73,8 +74,6 @@ def counter_ids(perf_counters: Iterable[Any], names: Sequence[str] = (POWER, ENE
 def fetch_counter_ids(session: VCenterSession, names: Sequence[str] = (POWER, ENERGY)) -> dict[str, int]:
     """Counter ids by name from ``perfManager.perfCounter``, read as raw XML (a vCenter has
     hundreds of counters; pyVmomi takes most of a second to build objects for them)."""
-    from pyVmomi import vmodl
-
     pcls = vmodl.query.PropertyCollector
     pm = session.content.perfManager
     spec = pcls.FilterSpec(

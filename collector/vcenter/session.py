@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 
 from accelmon.collector.vcenter.authgate import AuthGate
 from accelmon.collector.vcenter.stunlog import HttpResult
+from pyVim.connect import GetServiceVersions
 from pyVmomi import SoapStubAdapter, VmomiSupport, vim, vmodl
 from pyVmomi.SoapAdapter import SoapResponseDeserializer
 
@@ -163,8 +164,6 @@ class VCenterSession:
     # ----------------------------------------------------------------- login
     def _negotiate_version(self) -> str:
         """The newest API version both pyVmomi and the server speak (vimServiceVersions.xml)."""
-        from pyVim.connect import GetServiceVersions
-
         conn = self._new_http()
         try:
             conn.request("GET", self.path.rstrip("/") + "/vimServiceVersions.xml")

@@ -16,7 +16,7 @@ from accelmon.collector.agent.server import AgentHTTPServer
 
 from accelmon.config import parse
 from accelmon.daemon.service import Daemon
-from accelmon.exporter.prometheus_server import free_port
+from accelmon.demo.prometheus import free_port
 from accelmon.sim.nvml import SimNVML
 from accelmon.sim.spec import parse_spec
 from accelmon.sim.vcsim import Vcsim

@@ -10,8 +10,8 @@ from accelmon.collector import registry
 
 from accelmon.config import parse
 from accelmon.daemon.main import run_daemon
+from accelmon.demo.prometheus import free_port
 from accelmon.errors import UserError
-from accelmon.exporter.prometheus_server import free_port
 from accelmon.store import Store
 
 from .procs import Agent

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from accelmon.exporter.prometheus_server import PrometheusServer, free_port
+from accelmon.demo.prometheus import PrometheusServer, free_port
 from accelmon.httpserver import HardenedHTTPServer, ServerLimits
 
 from .helpers import METRIC, basic, bcrypt_hash, endpoint, self_signed, write_web_config
