@@ -89,7 +89,7 @@ class Store(Layout):
             day = (dt.date(1970, 1, 1) + dt.timedelta(days=int(d))).isoformat()
             part = data if len(uniq) == 1 else data.filter(pa.array(day_no == d))
             self._append_partition(t, day, part)
-        return data.num_rows
+        return int(data.num_rows)
 
     def compact(
         self,
