@@ -45,9 +45,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+
 from accelmon.analytics.db import frame
 from accelmon.analytics.utilization import SOURCE_PRIORITY
-
 from accelmon.store.writer import Store
 
 METRICS = (("sm", "sm_active_percent", "sm_active_ms_total"),

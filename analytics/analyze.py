@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
+
 from accelmon.analytics import (
     actions,
     activity,
@@ -26,7 +27,6 @@ from accelmon.analytics import (
     vmotion,
 )
 from accelmon.analytics.window import Window
-
 from accelmon.store.writer import Store
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
+
 from accelmon.analytics import actions, mig
 from accelmon.analytics.consolidation import PGpu, Plan, Tenant
 from accelmon.analytics.profiles import _NAME_RE, GIB, ProfileTable

@@ -25,11 +25,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import requests
+from requests.adapters import HTTPAdapter
+
 from accelmon.collector.base import CollectResult, SourceJob
 from accelmon.collector.deadline import Deadline
 from accelmon.collector.promtext import PromTextError, Sample, parse
-from requests.adapters import HTTPAdapter
-
 from accelmon.store.schema import table
 from accelmon.store.sink import RowSink, StoreWriter
 from accelmon.store.writer import to_arrow

@@ -40,9 +40,9 @@ from urllib.parse import urlparse, urlunparse
 
 import pyarrow as pa
 import requests
-from accelmon.collector.base import CollectResult
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from accelmon.collector.base import CollectResult
 from accelmon.errors import UserError
 from accelmon.store.schema import table
 from accelmon.store.writer import to_arrow

@@ -31,7 +31,6 @@ from accelmon.collector.agent_source import AgentSource
 from accelmon.collector.base import Source, SourceJob
 from accelmon.collector.exporters import DcgmExporterSource, NvidiaGpuExporterSource
 from accelmon.collector.vcenter.source import VCenterSource
-
 from accelmon.config import Config
 from accelmon.errors import UserError
 

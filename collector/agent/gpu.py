@@ -17,11 +17,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pynvml import NVMLError
+
 from accelmon.collector.agent import nvmlerr
 from accelmon.collector.agent.gpm import ActivityCarry, GpmReader
 from accelmon.collector.agent.identity import pci_numa_node
 from accelmon.collector.agent.integrate import GaugeIntegrator, RingIntegrator
-from pynvml import NVMLError
 
 log = logging.getLogger("accelmon.agent")
 

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pynvml
+from pynvml import NVMLError
+
+from accelmon import webconfig
 from accelmon.collector.agent import nvmlerr
 from accelmon.collector.agent.agent import Agent
 from accelmon.collector.agent.identity import VmIdentity
 from accelmon.collector.agent.metrics import make_registry, render
 from accelmon.collector.agent.server import AgentHTTPServer, TokenSource
-from pynvml import NVMLError
-
-from accelmon import webconfig
 from accelmon.config import Config
 from accelmon.errors import UserError
 from accelmon.httpserver import ServerLimits

@@ -27,10 +27,11 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyVmomi import vim, vmodl
+
 from accelmon.collector.vcenter import rawxml as rx
 from accelmon.collector.vcenter.session import VCenterSession
 from accelmon.collector.vcenter.vgpu import GIB, fb_bytes
-from pyVmomi import vim, vmodl
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape
 
-from accelmon.collector.vcenter.session import VCenterSession
 from pyVmomi import vmodl
+
+from accelmon.collector.vcenter.session import VCenterSession
 
 POWER = "power.power.average"
 ENERGY = "power.energy.summation"

@@ -35,12 +35,12 @@ from http.cookies import SimpleCookie
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from accelmon.collector.vcenter.authgate import AuthGate
-from accelmon.collector.vcenter.stunlog import HttpResult
 from pyVim.connect import GetServiceVersions
 from pyVmomi import SoapStubAdapter, VmomiSupport, vim, vmodl
 from pyVmomi.SoapAdapter import SoapResponseDeserializer
 
+from accelmon.collector.vcenter.authgate import AuthGate
+from accelmon.collector.vcenter.stunlog import HttpResult
 from accelmon.config import VCenterConfig
 from accelmon.errors import UserError
 

@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyVmomi import vim
+
 from accelmon.collector.base import CollectResult, SourceJob
 from accelmon.collector.vcenter import events as ev
 from accelmon.collector.vcenter import perf, stunlog
 from accelmon.collector.vcenter.inventory import Inventory, PollStats
 from accelmon.collector.vcenter.session import VCenterSession, insecure_transport
 from accelmon.collector.vcenter.state import VCenterState, load_state, reconcile, save_state, state_path
-from pyVmomi import vim
-
 from accelmon.config import VCenterConfig
 from accelmon.store.schema import table
 from accelmon.store.sink import StoreWriter

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from accelmon.collector.agent.main import build_agent, run_agent
 
+from accelmon.collector.agent.main import build_agent, run_agent
 from accelmon.config import load, parse
 from accelmon.demo.simnvml import simulated_backend
 from accelmon.errors import UserError

@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+
 from accelmon.collector import registry
 from accelmon.collector.agent_source import emit_rows
 from accelmon.collector.base import CollectResult, Source, SourceJob
-
 from accelmon.config import parse
 from accelmon.daemon.buffer import WriteBuffer
 from accelmon.store import Store

@@ -6,8 +6,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from accelmon.collector import registry
 
+from accelmon.collector import registry
 from accelmon.config import parse
 from accelmon.daemon.main import run_daemon
 from accelmon.demo.prometheus import free_port

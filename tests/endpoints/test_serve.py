@@ -285,7 +285,6 @@ def test_certificate_rotation_applies_to_the_next_connection(tmp_path: Path) -> 
 
 def test_agent_refuses_bearer_token_and_basic_auth_together(tmp_path: Path) -> None:
     from accelmon.collector.agent.server import AgentHTTPServer, TokenSource
-
     from accelmon.errors import UserError
 
     from .helpers import sim_agent

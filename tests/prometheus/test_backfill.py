@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from accelmon.collector.prometheus_backfill import MAX_POINTS, run_backfill
 
+from accelmon.collector.prometheus_backfill import MAX_POINTS, run_backfill
 from accelmon.demo.prometheus import PrometheusServer, create_blocks_from_openmetrics
 from accelmon.errors import UserError
 from accelmon.store import Store

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from accelmon.collector.prometheus_backfill import run_backfill
 
+from accelmon.collector.prometheus_backfill import run_backfill
 from accelmon.demo.prometheus import PrometheusServer, create_blocks_from_openmetrics
 from accelmon.store import Store
 
