@@ -11,18 +11,17 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from accelmon import __version__, importer, sqlshell
+from accelmon import __version__
 from accelmon.collector.agent.main import NVML, run_agent
 from accelmon.config import DEFAULT_CONFIG_NAME, Config, ConfigError, load, parse_duration
-from accelmon.demo.simnvml import simulated_backend
 from accelmon.errors import UserError
-from accelmon.store import Store, StoreError, check
-from accelmon.store.compaction import CompactionFailure
-from accelmon.store.schema import render_markdown
+
+if TYPE_CHECKING:
+    from accelmon.store import Store
 
 app = typer.Typer(
     name="accelmon",
@@ -59,6 +58,9 @@ class State:
         return cfg.data_dir if cfg.data_dir is not None else Path(DEFAULT_DATA_DIR)
 
     def store(self, *, read_only_ok: bool = False) -> Store:
+        # lazy: pyarrow/duckdb load only for the verbs that use the store (a guest agent runs without them)
+        from accelmon.store import Store
+
         cfg = self.config()
         return Store(self.data_dir(), gc_grace_seconds=cfg.retention.gc_grace, read_only_ok=read_only_ok)
 
@@ -155,7 +157,12 @@ def agent(
     _setup_logging(cfg)
     if web_config is not None and not web_config.is_file():
         fail(f"--web.config.file: file not found: {web_config}")
-    backend = simulated_backend(simulate) if simulate is not None else NVML
+    if simulate is None:
+        backend = NVML
+    else:
+        from accelmon.demo.simnvml import simulated_backend  # lazy: the simulator, for --simulate only
+
+        backend = simulated_backend(simulate)
     raise typer.Exit(run_agent(cfg, backend=backend, listen=listen, once=once, web_config_file=web_config))
 
 
@@ -218,6 +225,9 @@ def sql(
     fmt: Annotated[str, typer.Option("--format", "-f", help="Output format: table, csv or json.")] = "table",
 ) -> None:
     """Run DuckDB SQL over the store (tables and views: see docs/schema.md)."""
+    # lazy: pyarrow/duckdb load only for the verbs that use the store (a guest agent runs without them)
+    from accelmon import sqlshell
+
     if fmt not in ("table", "csv", "json"):
         fail(f"--format: must be table, csv or json, not {fmt!r}")
     store = state.store(read_only_ok=True)  # read-only: works on a read-only data dir too
@@ -233,6 +243,9 @@ def import_trace(
 ) -> None:
     """Import GPU utilization traces (CSV) as GPU samples; all or nothing per file, a file
     already imported (same content) adds nothing."""
+    # lazy: pyarrow/duckdb load only for the verbs that use the store (a guest agent runs without them)
+    from accelmon import importer
+
     store = state.store()
     code = 0
     try:
@@ -265,7 +278,7 @@ def demo(
 ) -> None:
     """Run a simulated GPU estate end to end: vCenter simulator, GPU agents, daemon, Prometheus, report."""
     _setup_logging()
-    fn = _delegate("accelmon.demo", "run_demo", "demo")
+    fn = _delegate("accelmon.demo.runner", "run_demo", "demo")
     raise typer.Exit(fn(state.data_dir(), duration=duration, vms=vms))
 
 
@@ -302,6 +315,9 @@ def compact(
     gc: Annotated[bool, typer.Option("--gc/--no-gc", help="Also delete retired files past the grace period.")] = True,
 ) -> None:
     """Merge small Parquet files into one sorted file per table and day (the daemon does this hourly)."""
+    # lazy: pyarrow/duckdb load only for the verbs that use the store (a guest agent runs without them)
+    from accelmon.store.compaction import CompactionFailure
+
     store = state.store()
     failures: list[CompactionFailure] = []
     try:
@@ -330,6 +346,9 @@ def store_check(
                                          "remove leftovers, rebuild the catalog.")] = False,
 ) -> None:
     """List unreadable Parquet files and leftovers of a kill (exit 1 if any); --repair fixes them."""
+    # lazy: pyarrow/duckdb load only for the verbs that use the store (a guest agent runs without them)
+    from accelmon.store import check
+
     store = state.store(read_only_ok=not repair)
     res = check.check(store)
     for b in res.bad_files:
@@ -353,6 +372,9 @@ def store_check(
 @app.command()
 def schema() -> None:
     """Print the store schema (tables, columns with units, views) as Markdown."""
+    # lazy: pyarrow/duckdb load only for the verbs that use the store (a guest agent runs without them)
+    from accelmon.store.schema import render_markdown
+
     typer.echo(render_markdown(), nl=False)
 
 
@@ -373,6 +395,9 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         sys.exit(130)
     except Exception as e:  # usage errors (click's, vendored by typer) and store errors
+        # lazy: pyarrow/duckdb load only for the verbs that use the store (a guest agent runs without them)
+        from accelmon.store.layout import StoreError
+
         show, code = getattr(e, "show", None), getattr(e, "exit_code", None)
         if callable(show) and isinstance(code, int):
             show()

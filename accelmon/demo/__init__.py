@@ -3,10 +3,5 @@ and the report, end to end in one command (see :mod:`accelmon.demo.runner`).
 
 Demo and test support, not product code: the only package that may import the simulator
 (:mod:`accelmon.sim`), and the home of the real-Prometheus harness (:mod:`accelmon.demo.prometheus`)
-that the demo, the tests and the benches start Prometheus with."""
-
-from __future__ import annotations
-
-from accelmon.demo.runner import run_demo
-
-__all__ = ["run_demo"]
+that the demo, the tests and the benches start Prometheus with. Kept empty so that importing
+:mod:`accelmon.demo.simnvml` (``accelmon agent --simulate``) loads nothing of the demo runner."""
