@@ -11,13 +11,17 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from accelmon import __version__
-from accelmon.config import DEFAULT_CONFIG_NAME, Config, ConfigError, load
+from accelmon.collector.agent.main import NVML, run_agent
+from accelmon.config import DEFAULT_CONFIG_NAME, Config, ConfigError, load, parse_duration
 from accelmon.errors import UserError
+
+if TYPE_CHECKING:
+    from accelmon.store import Store
 
 app = typer.Typer(
     name="accelmon",
@@ -53,7 +57,8 @@ class State:
         cfg = self.config()
         return cfg.data_dir if cfg.data_dir is not None else Path(DEFAULT_DATA_DIR)
 
-    def store(self, *, read_only_ok: bool = False) -> Any:
+    def store(self, *, read_only_ok: bool = False) -> Store:
+        # lazy: pyarrow/duckdb load only for the verbs that use the store (a guest agent runs without them)
         from accelmon.store import Store
 
         cfg = self.config()
@@ -153,8 +158,13 @@ def agent(
     _setup_logging(cfg)
     if web_config is not None and not web_config.is_file():
         fail(f"--web.config.file: file not found: {web_config}")
-    fn = _delegate("accelmon.collector.agent.main", "run_agent", "agent")
-    raise typer.Exit(fn(cfg, simulate=simulate, listen=listen, once=once, web_config_file=web_config))
+    if simulate is None:
+        backend = NVML
+    else:
+        from accelmon.demo.simnvml import simulated_backend  # lazy: the simulator, for --simulate only
+
+        backend = simulated_backend(simulate)
+    raise typer.Exit(run_agent(cfg, backend=backend, listen=listen, once=once, web_config_file=web_config))
 
 
 def _parse_when(value: str | None, option: str) -> dt.datetime | None:
@@ -216,6 +226,7 @@ def sql(
     fmt: Annotated[str, typer.Option("--format", "-f", help="Output format: table, csv or json.")] = "table",
 ) -> None:
     """Run DuckDB SQL over the store (tables and views: see docs/schema.md)."""
+    # lazy: pyarrow/duckdb load only for the verbs that use the store (a guest agent runs without them)
     from accelmon import sqlshell
 
     if fmt not in ("table", "csv", "json"):
@@ -233,6 +244,7 @@ def import_trace(
 ) -> None:
     """Import GPU utilization traces (CSV) as GPU samples; all or nothing per file, a file
     already imported (same content) adds nothing."""
+    # lazy: pyarrow/duckdb load only for the verbs that use the store (a guest agent runs without them)
     from accelmon import importer
 
     store = state.store()
@@ -270,7 +282,7 @@ def demo(
 ) -> None:
     """Run a simulated GPU estate end to end: vCenter simulator, GPU agents, daemon, Prometheus, report."""
     _setup_logging()
-    fn = _delegate("accelmon.demo", "run_demo", "demo")
+    fn = _delegate("accelmon.demo.runner", "run_demo", "demo")
     raise typer.Exit(fn(state.data_dir(), duration=duration, vms=vms, mail_to=mail_to))
 
 
@@ -308,8 +320,6 @@ def backfill(
     step: Annotated[str, typer.Option("--step", help='Resolution, e.g. "60s".')] = "60s",
 ) -> None:
     """Import history (DCGM utilization, power, framebuffer) from a Prometheus server."""
-    from accelmon.config import parse_duration
-
     try:
         since_s, step_s = parse_duration(since), parse_duration(step)
     except ValueError as e:
@@ -323,6 +333,7 @@ def compact(
     gc: Annotated[bool, typer.Option("--gc/--no-gc", help="Also delete retired files past the grace period.")] = True,
 ) -> None:
     """Merge small Parquet files into one sorted file per table and day (the daemon does this hourly)."""
+    # lazy: pyarrow/duckdb load only for the verbs that use the store (a guest agent runs without them)
     from accelmon.store.compaction import CompactionFailure
 
     store = state.store()
@@ -348,6 +359,7 @@ def rollup(
     to: Annotated[str | None, typer.Option("--to", help="Last UTC day to roll up (ISO 8601 date).")] = None,
 ) -> None:
     """Write hourly per-GPU rollups (gpu_rollup_hour) of the stored samples; re-running a day replaces it."""
+    # lazy: polars/pyarrow/duckdb load only for the verbs that use the store (a guest agent runs without them)
     from accelmon.analytics import rollup as rollup_mod
 
     days = []
@@ -378,6 +390,7 @@ def store_check(
                                          "remove leftovers, rebuild the catalog.")] = False,
 ) -> None:
     """List unreadable Parquet files and leftovers of a kill (exit 1 if any); --repair fixes them."""
+    # lazy: pyarrow/duckdb load only for the verbs that use the store (a guest agent runs without them)
     from accelmon.store import check
 
     store = state.store(read_only_ok=not repair)
@@ -390,7 +403,7 @@ def store_check(
         typer.echo(f"{res.files_checked} files checked, {len(res.bad_files)} unreadable, "
                    f"{len(res.leftover_links)} leftover(s)" + ("" if res.ok else "; repair: accelmon store check --repair"))
         raise typer.Exit(0 if res.ok else 1)
-    fixed = check.repair(store, res)
+    fixed = store.repair(res)
     for b, dest in zip(res.bad_files, fixed.quarantined, strict=True):
         typer.echo(f"{b.shown(store)}: moved to {dest}")
     for link in fixed.links_removed:
@@ -403,6 +416,7 @@ def store_check(
 @app.command()
 def schema() -> None:
     """Print the store schema (tables, columns with units, views) as Markdown."""
+    # lazy: pyarrow/duckdb load only for the verbs that use the store (a guest agent runs without them)
     from accelmon.store.schema import render_markdown
 
     typer.echo(render_markdown(), nl=False)
@@ -425,7 +439,8 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         sys.exit(130)
     except Exception as e:  # usage errors (click's, vendored by typer) and store errors
-        from accelmon.store.writer import StoreError
+        # lazy: pyarrow/duckdb load only for the verbs that use the store (a guest agent runs without them)
+        from accelmon.store.layout import StoreError
 
         show, code = getattr(e, "show", None), getattr(e, "exit_code", None)
         if callable(show) and isinstance(code, int):

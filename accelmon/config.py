@@ -31,6 +31,7 @@ from pydantic import (
 
 from accelmon.config_cost import PASSWORD_ENV, CostConfig, MailConfig
 from accelmon.owners_config import OwnersConfig
+from accelmon.shard_names import derive, validate
 
 DEFAULT_CONFIG_NAME = "accelmon.toml"
 SECRET_KEYS = {"password", "token", "bearer_token"}
@@ -305,8 +306,6 @@ class StoreConfig(_Model):
     @field_validator("shard")
     @classmethod
     def _shard(cls, v: str | None) -> str | None:
-        from accelmon.store.shards import validate
-
         return None if v is None else validate(v)
 
 
@@ -332,8 +331,6 @@ class Config(_Model):
     @property
     def shard(self) -> str:
         """The shard this process writes: ``[store] shard``, else derived (accelmon/store/shards.py)."""
-        from accelmon.store.shards import derive
-
         return self.store.shard or derive([v.display_name for v in self.vcenter])
 
     @field_validator("log_level")

@@ -30,6 +30,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+import duckdb
+
 from accelmon.store.writer import Store
 
 
@@ -77,8 +79,6 @@ _EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\s+|\([^)]*\)\s*)?", re.IGNOR
 
 def check_query(sql: str) -> None:
     """Raise ReadOnlyViolation unless every statement is a query (DuckDB's parser decides)."""
-    import duckdb
-
     for st in duckdb.extract_statements(sql):
         kind = st.type.name
         if kind == "EXPLAIN":
@@ -94,8 +94,6 @@ def check_query(sql: str) -> None:
 @contextlib.contextmanager
 def readonly_connection(store: Store) -> Iterator[Any]:
     """An in-memory connection with the store's views that can read the store and nothing else."""
-    import duckdb
-
     scratch = tempfile.mkdtemp(prefix="accelmon-sql-")  # spill space for big sorts, private, removed
     con = duckdb.connect(":memory:")
     try:
@@ -113,8 +111,6 @@ def readonly_connection(store: Store) -> Iterator[Any]:
 
 
 def run_query(store: Store, query: str, fmt: str = "table", out: TextIO | None = None) -> int:
-    import duckdb
-
     out = out or sys.stdout
     try:
         check_query(query)
@@ -136,10 +132,8 @@ def run_query(store: Store, query: str, fmt: str = "table", out: TextIO | None =
 
 def interactive(store: Store) -> int:
     """A small REPL: statements end with ';'. ``.tables`` lists tables and views, ``.quit`` exits."""
-    import duckdb
-
     with contextlib.suppress(ImportError):
-        import readline  # noqa: F401  (line editing and history)
+        import readline  # noqa: F401  # lazy: optional (absent on some Python builds); line editing for the interactive shell only
     with readonly_connection(store) as con:
         print(f"accelmon sql on {store.root} (DuckDB {duckdb.__version__}, read-only); end statements with ';', "
               ".quit to exit")

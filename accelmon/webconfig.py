@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bcrypt
+import yaml
+
 from accelmon.errors import UserError
 
 log = logging.getLogger("accelmon.webconfig")
@@ -237,8 +240,6 @@ def parse(raw: Any, path: Path) -> WebConfig:
 
 def load(path: Path) -> WebConfig:
     """Read and validate a web config file (one-line :class:`UserError` naming the file and key)."""
-    import yaml
-
     try:
         text = path.read_text()
     except OSError as e:
@@ -271,16 +272,12 @@ class BasicAuth:
 
     @classmethod
     def _dummy_hash(cls) -> bytes:
-        import bcrypt
-
         with cls._dummy_lock:
             if cls._dummy is None:
                 cls._dummy = bcrypt.hashpw(secrets.token_bytes(16).hex().encode(), bcrypt.gensalt(10))
             return cls._dummy
 
     def check(self, users: Mapping[str, bytes], header: str | None) -> bool:
-        import bcrypt
-
         if not header:
             return False
         scheme, _, token = header.strip().partition(" ")

@@ -267,10 +267,10 @@ def _full_profile(name: str, gpu: Any, placed: list[Any]) -> str:
     """The vSphere vGPU type for table profile ``name`` on ``gpu``: the prefix of a profile already
     there (``grid_a100-10c`` → ``grid_a100-``), else ``grid_<family>-`` (check it on the host)."""
     for t, _ in placed:
-        full = getattr(t, "vgpu_profile_full", None)
-        m = _NAME_RE.search((full or "").strip().lower())
+        full = str(getattr(t, "vgpu_profile_full", None) or "").strip().lower()
+        m = _NAME_RE.search(full)
         if m:
-            return full.strip().lower()[: m.start()] + "-" + name  # type: ignore[union-attr]
+            return full[: m.start()] + "-" + name
     return f"grid_{(gpu.model or 'gpu').split('-')[0]}-{name}"
 
 

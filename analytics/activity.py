@@ -45,9 +45,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+
 from accelmon.analytics.db import frame
 from accelmon.analytics.utilization import SOURCE_PRIORITY
-
 from accelmon.store.writer import Store
 
 METRICS = (("sm", "sm_active_percent", "sm_active_ms_total"),
@@ -172,9 +172,9 @@ def gpu_activity(act: pl.DataFrame) -> pl.DataFrame:
         act = act.sort("gpu_uuid", "source", "t_ms")
         for (gpu, src), part in act.group_by(["gpu_uuid", "source"], maintain_order=True):
             cols = {c: part[c].cast(pl.Float64).fill_null(math.nan).to_numpy() for c in READ[3:]}
-            r = _series(part["t_ms"].to_numpy(), cols)
-            if r is not None:
-                rows.append({"gpu": gpu, "source": src, **r})
+            figures = _series(part["t_ms"].to_numpy(), cols)
+            if figures is not None:
+                rows.append({"gpu": gpu, "source": src, **figures})
     if not rows:
         return pl.DataFrame(schema=OUT_SCHEMA)
     prio = {s: i for i, s in enumerate(SOURCE_PRIORITY)}

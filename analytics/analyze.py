@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
+
 from accelmon.analytics import (
     actions,
     activity,
     consolidation,
     cost,
     estate,
+    findings,
     identity,
     longwindow,
     numa,
@@ -25,7 +27,6 @@ from accelmon.analytics import (
     vmotion,
 )
 from accelmon.analytics.window import Window
-
 from accelmon.store.writer import Store
 
 
@@ -95,7 +96,6 @@ def analyze(store: Store, thresholds: Any, window: Window, *, threads: int | Non
     gpus = rightsize.per_gpu(gpus, sugg)
     generated = now or dt.datetime.now(dt.UTC)
     alignment = numa.numa_alignment(con)
-    from accelmon.analytics import findings
 
     return Analysis(
         run_id=f"{generated:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",

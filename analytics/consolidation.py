@@ -365,11 +365,11 @@ def plan(
             target_gpu = None
             rejected: dict[str, int] = {}
             for g in order:
-                q, why = _check(trial, t, gmap[d], g, table, target_util_percent, p)
+                q, reason = _check(trial, t, gmap[d], g, table, target_util_percent, p)
                 if q is not None:
                     target_gpu = (g, q)
                     break
-                rejected[why] = rejected.get(why, 0) + 1
+                rejected[reason] = rejected.get(reason, 0) + 1
             if target_gpu is None:
                 ok = False
                 cand[d]["blocked_by"] = t.vm_name

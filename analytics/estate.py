@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
+
 from accelmon.analytics.consolidation import HostCap, PGpu, Tenant
 from accelmon.analytics.db import frame
 from accelmon.analytics.profiles import ProfileTable, parse_profile_name

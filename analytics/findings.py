@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 import polars as pl
+
 from accelmon.analytics.consolidation import Plan
 from accelmon.analytics.db import frame
 from accelmon.analytics.window import Window

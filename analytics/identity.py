@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
-from accelmon.analytics.db import frame
 
+from accelmon.analytics.db import frame
 from accelmon.identity import match_vm_rows
 
 VM_COLUMNS = [

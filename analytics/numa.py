@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
+
 from accelmon.analytics.db import frame
 
 ALIGNED, MISALIGNED, UNKNOWN = "aligned", "misaligned", "unknown"

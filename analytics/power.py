@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
+
 from accelmon.analytics.db import frame
 from accelmon.analytics.window import Window
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
+
 from accelmon.analytics.db import frame
 from accelmon.analytics.window import Window
 
@@ -80,7 +81,7 @@ def inventory_presence(con: Any, gmap: pl.DataFrame, window: Window) -> pl.DataF
         out = frame(con, _INVENTORY_SQL, {"ws": window.start_ms, "we": window.end_ms})  # type: ignore[arg-type]
     finally:
         con.unregister("_presence_map")
-    return out.cast({k: v for k, v in empty.schema.items()})  # type: ignore[arg-type]
+    return out.cast({k: v for k, v in empty.schema.items()})
 
 
 def agent_seen(con: Any, window: Window) -> pl.DataFrame:

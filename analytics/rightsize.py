@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
+
 from accelmon.analytics import actions, mig
 from accelmon.analytics.consolidation import PGpu, Plan, Tenant
 from accelmon.analytics.profiles import _NAME_RE, GIB, ProfileTable
@@ -117,33 +118,33 @@ def suggest(tenants: list[Tenant], gpus: list[PGpu], table: ProfileTable, hwm: p
             sm = p95.get(t.measured_gpu)
             if sm is None:
                 continue  # no SM activity measured: cannot size the compute slices
-            cands = []
-            for p in mig.load()[g.model].values():
-                mem = mig_memory_bytes(p.name)
-                if "+me" in p.name or mem is None or mem < need:
+            mig_cands: list[tuple[int, int, str, mig.MigProfile]] = []
+            for mp in mig.load()[g.model].values():
+                mem = mig_memory_bytes(mp.name)
+                if "+me" in mp.name or mem is None or mem < need:
                     continue
-                if 100.0 * p.compute_slices / mig.COMPUTE_SLICES < sm:
+                if 100.0 * mp.compute_slices / mig.COMPUTE_SLICES < sm:
                     continue
-                if not mig.check(g.model, [p.name])[0]:
+                if not mig.check(g.model, [mp.name])[0]:
                     continue
-                cands.append((mem, p.compute_slices, p.name, p))
-            if not cands:
+                mig_cands.append((mem, mp.compute_slices, mp.name, mp))
+            if not mig_cands:
                 continue
-            mem, _, name, p = min(cands)
-            if p.compute_slices >= mig.COMPUTE_SLICES:
+            mem, _, mig_name, mp = min(mig_cands)
+            if mp.compute_slices >= mig.COMPUTE_SLICES:
                 continue  # the whole GPU: nothing smaller fits
-            vgpu = f"{p.compute_slices}-{mem // 10**9}c"
+            vgpu = f"{mp.compute_slices}-{mem // 10**9}c"
             why = (f"passthrough GPU used at most {_gib(h)} framebuffer (p99.9; × {headroom:g} = {_gib(need)}) and "
-                   f"p95 SM activity {sm:.0f} %: MIG {name} ({mem / 1e9:.0f} GB, {p.compute_slices}/7 of the SMs) "
+                   f"p95 SM activity {sm:.0f} %: MIG {mig_name} ({mem / 1e9:.0f} GB, {mp.compute_slices}/7 of the SMs) "
                    "holds it")
             words = (f"On the host of {t.vm_name}: enable MIG on the GPU (nvidia-smi -i <gpu> -mig 1, with no VM "
-                     f"using it), create the GPU instance (nvidia-smi mig -cgi {p.profile_id} -C, profile {name}); "
+                     f"using it), create the GPU instance (nvidia-smi mig -cgi {mp.profile_id} -C, profile {mig_name}); "
                      f"then give {t.vm_name} a MIG-backed vGPU of type {vgpu} (e.g. grid_{g.model.split('-')[0]}"
                      f"-{vgpu}) instead of the passthrough device (VM powered off, vGPU guest driver and licence); "
                      "the other slices stay free for other VMs")
-            out.append(RightSize(t.vm, t.vm_name, t.device_key, t.measured_gpu, "mig", "passthrough", name, "down",
-                                 why, h, {**ev, "p95_sm_active_percent": sm, "mig_profile_id": p.profile_id,
-                                          "mig_memory_bytes": mem, "compute_slices": p.compute_slices,
+            out.append(RightSize(t.vm, t.vm_name, t.device_key, t.measured_gpu, "mig", "passthrough", mig_name, "down",
+                                 why, h, {**ev, "p95_sm_active_percent": sm, "mig_profile_id": mp.profile_id,
+                                          "mig_memory_bytes": mem, "compute_slices": mp.compute_slices,
                                           "mig_vgpu_type": vgpu}, words))
     return out
 

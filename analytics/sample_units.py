@@ -234,6 +234,6 @@ def data_range(store: Store) -> tuple[dt.datetime | None, dt.datetime | None]:
                 a, b = _ms(st.min), _ms(st.max)
                 lo = a if lo is None else min(lo, a)
                 hi = b if hi is None else max(hi, b)
-    def conv(x):
+    def conv(x: int | None) -> dt.datetime | None:
         return (None if x is None else dt.datetime.fromtimestamp(x / 1000, dt.UTC))
     return conv(lo), conv(hi)

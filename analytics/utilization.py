@@ -22,6 +22,7 @@ When several sources wrote the same GPU id, the series with the most covered tim
 from __future__ import annotations
 
 import polars as pl
+
 from accelmon.analytics.samples import SeriesAggregates
 from accelmon.analytics.verdict import UtilThresholds, judge
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+
 from accelmon.analytics.presence import sample_span
 
 MIG_REASON = "MIG: utilization not reported by the driver"

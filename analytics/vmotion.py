@@ -15,6 +15,7 @@ import datetime as dt
 from typing import Any
 
 import polars as pl
+
 from accelmon.analytics.db import frame
 from accelmon.analytics.window import Window
 

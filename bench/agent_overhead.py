@@ -26,9 +26,9 @@ from pathlib import Path
 import pynvml
 import requests
 from _agentproc import running_agent
+
 from accelmon.collector.agent.agent import Agent
 from accelmon.collector.agent.identity import VmIdentity
-
 from accelmon.sim.clock import ManualClock
 from accelmon.sim.nvml import SimNVML
 

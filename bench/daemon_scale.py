@@ -72,7 +72,6 @@ def _farm(specs: list[dict[str, Any]], port: int, conn: Any) -> None:
     from accelmon.collector.agent.agent import Agent
     from accelmon.collector.agent.identity import VmIdentity, swap_uuid_bytes
     from accelmon.collector.agent.metrics import make_registry, render
-
     from accelmon.sim.nvml import SimNVML
     from accelmon.sim.spec import parse_spec
 
@@ -177,7 +176,7 @@ def main() -> int:
 
     from accelmon.config import parse
     from accelmon.daemon.service import Daemon
-    from accelmon.exporter.prometheus_server import free_port
+    from accelmon.demo.prometheus import free_port
     from accelmon.exporter.server import MetricsApp, serve
     from accelmon.sim.vcsim import Vcsim
     from accelmon.store import Store

@@ -185,6 +185,7 @@ def main() -> int:
     args = ap.parse_args()
 
     import pynvml
+
     from accelmon.collector.agent.agent import Agent
     from accelmon.collector.agent.server import AgentHTTPServer
 

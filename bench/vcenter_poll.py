@@ -64,7 +64,6 @@ def free_port() -> int:
 
 def time_accelmon_full(sim: object, data_root: Path, n: int) -> tuple[list[float], list[float], object]:
     from accelmon.collector.vcenter.source import VCenterSource
-
     from accelmon.config import VCenterConfig
     from accelmon.store.writer import Store
 

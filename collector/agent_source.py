@@ -25,13 +25,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import requests
-from accelmon.collector.base import CollectResult
-from accelmon.collector.deadline import Deadline
-from accelmon.collector.promtext import PromTextError, Sample, parse
 from requests.adapters import HTTPAdapter
 
+from accelmon.collector.base import CollectResult, SourceJob
+from accelmon.collector.deadline import Deadline
+from accelmon.collector.promtext import PromTextError, Sample, parse
 from accelmon.store.schema import table
-from accelmon.store.writer import Store, to_arrow
+from accelmon.store.sink import RowSink, StoreWriter
+from accelmon.store.writer import to_arrow
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 _CHUNK = 16 * 1024
@@ -255,23 +256,22 @@ class RowsResult(CollectResult):
     row_dicts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
-def emit_rows(store: Any, rows: dict[str, list[dict[str, Any]]]) -> CollectResult:
+def emit_rows(store: StoreWriter, rows: dict[str, list[dict[str, Any]]]) -> CollectResult:
     """Hand a poll's rows to ``store``. A sink with ``append_rows`` (the daemon's write buffer)
     takes the dicts as they are and converts the rows of all polls in one batch when it
     flushes (one ``to_arrow`` per table and flush instead of per poll: ~1 ms saved per agent);
     a plain :class:`Store` gets typed tables now, all built before any is written."""
-    append_rows = getattr(store, "append_rows", None)
-    if append_rows is None:
+    if not isinstance(store, RowSink):
         return write_tables(store, _tables(rows))
     res = RowsResult()
     for name, r in rows.items():
         if r:
-            res.add(name, append_rows(name, r))
+            res.add(name, store.append_rows(name, r))
             res.row_dicts[name] = r
     return res
 
 
-def write_tables(store: Store, tables: dict[str, pa.Table]) -> CollectResult:
+def write_tables(store: StoreWriter, tables: dict[str, pa.Table]) -> CollectResult:
     """Append already-validated tables; the caller built all of them first (nothing half-built is written)."""
     res = CollectResult()
     for name, t in tables.items():
@@ -330,7 +330,11 @@ class MetricsEndpointSource:
     def _rows(self, text: str, scraped_at: float) -> dict[str, list[dict[str, Any]]]:
         raise NotImplementedError
 
-    def collect(self, store: Store) -> CollectResult:
+    def jobs(self, interval_s: float) -> list[SourceJob]:
+        """One schedule: a scrape every ``interval_s`` seconds."""
+        return [SourceJob(self.name, interval_s, self.collect)]
+
+    def collect(self, store: StoreWriter) -> CollectResult:
         text, at = self.scrape()
         rows = self.rows(text, at)
         keys = [(r["gpu_uuid"], r.pop("_key")) for r in rows["agent_gpu"]]

@@ -7,13 +7,13 @@ and enabled/disabled by config (``[sources] vcenter = false``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    import pyarrow as pa
+import pyarrow as pa
 
-    from accelmon.store.writer import Store
+from accelmon.store.sink import StoreWriter
 
 
 @dataclass
@@ -34,6 +34,19 @@ class CollectResult:
         return sum(self.rows.values())
 
 
+# One poll: append what was read to the writer, say what was written.
+Poll = Callable[[StoreWriter], CollectResult]
+
+
+@dataclass(frozen=True)
+class SourceJob:
+    """One schedule of one source instance: ``collect`` runs every ``interval_s`` seconds."""
+
+    name: str  # job name: "vcenter.inventory", "agent", …
+    interval_s: float
+    collect: Poll
+
+
 @runtime_checkable
 class Source(Protocol):
     """A pollable source. ``collect`` polls once and appends rows to the store.
@@ -46,6 +59,16 @@ class Source(Protocol):
     name: str
     target: str
 
-    def collect(self, store: Store) -> CollectResult: ...
+    def collect(self, store: StoreWriter) -> CollectResult:
+        """Poll everything once; the rows written are counted (and may be kept) in the result."""
+        ...
 
-    def close(self) -> None: ...
+    def jobs(self, interval_s: float) -> list[SourceJob]:
+        """The schedules of this instance. ``interval_s`` is the instance's configured poll
+        interval; a source with one schedule returns ``[SourceJob(name, interval_s, collect)]``,
+        one with several (vCenter: inventory, perf, events) returns its own intervals."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; called once when the daemon stops or drops the instance."""
+        ...

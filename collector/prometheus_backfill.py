@@ -40,8 +40,9 @@ from urllib.parse import urlparse, urlunparse
 
 import pyarrow as pa
 import requests
-from accelmon.collector.base import CollectResult
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from accelmon.collector.base import CollectResult
 from accelmon.errors import UserError
 from accelmon.store.schema import table
 from accelmon.store.writer import to_arrow
@@ -240,8 +241,6 @@ def run_backfill(store: Any, url: str, since_seconds: float, *, step_seconds: fl
         del probe  # reachability and API check before the progress bar starts
         chunks = src.plan()
         if progress:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
             with Progress(
                 TextColumn("[bold]backfill[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                 TimeRemainingColumn(), transient=False,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from accelmon.exporter.prometheus_server import PrometheusServer
+from accelmon.demo.prometheus import PrometheusServer
 from accelmon.sim.vcsim import Vcsim
 
 SMALL_ESTATE = {"clusters": 2, "hosts_per_cluster": 3, "vms": 60, "seed": 1}

@@ -12,6 +12,7 @@ from accelmon.config import Config
 from accelmon.daemon import redact
 from accelmon.daemon.service import Daemon
 from accelmon.errors import UserError
+from accelmon.exporter.server import MetricsApp, serve
 from accelmon.store.writer import Store
 
 log = logging.getLogger("accelmon.daemon")
@@ -46,7 +47,6 @@ def run_daemon(cfg: Config, store: Store, *, once: bool = False) -> int:
         daemon.prepare()
         return daemon.run_once()
 
-    from accelmon.exporter.server import MetricsApp, serve
 
     app = MetricsApp(daemon.state, cfg.exporter)
     try:  # bind first: a taken port fails fast, before any source is set up

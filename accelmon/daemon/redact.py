@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import traceback
 
 from accelmon.config import Config
 
@@ -38,8 +39,6 @@ class Redactor(logging.Filter):
                 return True
             red = self.apply(msg)
             if record.exc_info and record.exc_info[1] is not None:
-                import traceback
-
                 red += "\n" + self.apply("".join(traceback.format_exception(*record.exc_info))).rstrip()
                 record.exc_info = None
                 record.exc_text = None

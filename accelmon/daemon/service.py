@@ -29,6 +29,7 @@ from accelmon.daemon.pool import DaemonPoolExecutor
 from accelmon.daemon.runner import JobRunner, SourceRunner, summarize
 from accelmon.daemon.state import DaemonState
 from accelmon.errors import UserError
+from accelmon.report.schedule import add_report_job
 from accelmon.store.staging import recover as recover_staged_imports
 from accelmon.store.writer import Store
 
@@ -253,24 +254,19 @@ class Daemon:
                                next_run_time=now + timedelta(seconds=1), misfire_grace_time=None, **hk)
         if cfg.report.enabled:
             try:
-                from accelmon.report.schedule import add_report_job
-            except ImportError:
-                log.info("report: not available in this build; no daily report job")
+                job = add_report_job(self.scheduler, store, cfg)
+            except Exception as e:  # noqa: BLE001
+                log.warning("report: could not schedule the daily report: %s", summarize(e))
             else:
-                try:
-                    job = add_report_job(self.scheduler, store, cfg)
-                except Exception as e:  # noqa: BLE001
-                    log.warning("report: could not schedule the daily report: %s", summarize(e))
-                else:
-                    if job is not None:  # same bookkeeping as the other jobs, then fresh findings gauges
-                        fn, args, kwargs = job.func, tuple(job.args), dict(job.kwargs)
+                if job is not None:  # same bookkeeping as the other jobs, then fresh findings gauges
+                    fn, args, kwargs = job.func, tuple(job.args), dict(job.kwargs)
 
-                        def report() -> None:
-                            fn(*args, **kwargs)
-                            housekeeping.refresh_findings(store, state)
+                    def report() -> None:
+                        fn(*args, **kwargs)
+                        housekeeping.refresh_findings(store, state)
 
-                        job.modify(func=self._job("report", report), args=(), kwargs={},
-                                   executor="housekeeping")
+                    job.modify(func=self._job("report", report), args=(), kwargs={},
+                               executor="housekeeping")
 
     def _on_event(self, ev: JobExecutionEvent) -> None:
         if ev.code in (EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED):

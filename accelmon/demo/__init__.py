@@ -1,15 +1,7 @@
 """``accelmon demo``: the seeded vCenter simulator, simulated GPU agents, the daemon, Prometheus
-and the report, end to end in one command (see :mod:`accelmon.demo.runner`)."""
+and the report, end to end in one command (see :mod:`accelmon.demo.runner`).
 
-from __future__ import annotations
-
-from pathlib import Path
-
-
-def run_demo(data_dir: Path, *, duration: float | None = None, vms: int = 60, mail_to: str | None = None) -> int:
-    from accelmon.demo.runner import run_demo as _run
-
-    return _run(data_dir, duration=duration, vms=vms, mail_to=mail_to)
-
-
-__all__ = ["run_demo"]
+Demo and test support, not product code: the only package that may import the simulator
+(:mod:`accelmon.sim`), and the home of the real-Prometheus harness (:mod:`accelmon.demo.prometheus`)
+that the demo, the tests and the benches start Prometheus with. Kept empty so that importing
+:mod:`accelmon.demo.simnvml` (``accelmon agent --simulate``) loads nothing of the demo runner."""

@@ -19,13 +19,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from accelmon.collector.agent.main import build_agent
+from accelmon.collector.agent.server import AgentHTTPServer, TokenSource
 from accelmon.config import Config
+from accelmon.demo.simnvml import simulated_backend
 
 
 def serve(specs: list[Path], ready: Path, poll_interval: float = 1.0) -> int:
-    from accelmon.collector.agent.main import build_agent
-    from accelmon.collector.agent.server import AgentHTTPServer, TokenSource
-
     cfg = Config.model_validate({"agent": {"listen": "127.0.0.1:0", "poll_interval": poll_interval}})
     running: list[tuple[Any, Any, threading.Thread]] = []
     stop = threading.Event()
@@ -38,7 +38,7 @@ def serve(specs: list[Path], ready: Path, poll_interval: float = 1.0) -> int:
     urls: dict[str, str] = {}
     try:
         for spec in specs:
-            agent = build_agent(cfg, str(spec))
+            agent = build_agent(cfg, simulated_backend(str(spec)))
             server = AgentHTTPServer(agent, "127.0.0.1:0", tokens=TokenSource(None, None))
             agent.poll_once()
             agent.start_polling()

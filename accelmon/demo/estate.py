@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 # vcsim host GPU model -> simulated NVML model key (accelmon.sim.spec.MODELS)
 _MODELS = {"A100": "A100-SXM4-40GB", "H100": "H100", "L4": "L4", "T4": "T4"}
 
@@ -65,8 +67,6 @@ def write_notebook_csv(path: Path, seed: int, fb_bytes_held: int = 6 * 2**30) ->
     """One day of a data scientist's notebook at 1-minute steps: a few 30-75 minute sessions
     with bursty kernels; memory stays held for a while after each session (the kernel is left
     running), then freed."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     util = np.zeros(1440)
     held = np.zeros(1440, dtype=bool)
@@ -92,8 +92,6 @@ def write_serving_csv(path: Path, seed: int, fb_bytes_held: int = SERVING_FB_BYT
     against the trace, so the busy-time p95 is one step (16.7 %) in every run. With requests at
     random steps, two could share a window often enough (about 6 % by day) to lift the p95 to
     two steps depending on when the demo started, and the plan changed from run to run."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     steps = 8640
     util = np.zeros(steps)

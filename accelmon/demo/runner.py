@@ -33,13 +33,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from accelmon.config import load
 from accelmon.demo import costmail
 from accelmon.demo.backfill import backfill
 from accelmon.demo.estate import AgentPlan, plan_agents, write_specs
 from accelmon.demo.procs import Child, pick_port
+from accelmon.demo.prometheus import PrometheusServer, find_prometheus
 from accelmon.demo.ui import Display
 from accelmon.errors import UserError
 from accelmon.report.cli import generate, print_summary
+from accelmon.sim.vcsim import Vcsim, build
+from accelmon.store.writer import Store
 
 log = logging.getLogger("accelmon.demo")
 
@@ -193,8 +197,6 @@ def run_demo(data_dir: Path, *, duration: float | None = None, vms: int = 60, ma
     if duration is not None and duration <= 0:
         raise UserError("--duration: must be > 0 seconds")
     costmail.check_address(mail_to)
-    from accelmon.exporter.prometheus_server import find_prometheus
-
     if find_prometheus() is None:
         raise UserError("demo: the Prometheus server was not found; install the Debian package `prometheus`")
     data_dir = data_dir.resolve()
@@ -227,10 +229,6 @@ def run_demo(data_dir: Path, *, duration: float | None = None, vms: int = 60, ma
 
 def _run(data_dir: Path, work: Path, duration: float | None, vms: int, ui: Display, stack: ExitStack,
          state: dict[str, Any], state_file: Path, mail_to: str | None = None) -> int:
-    from accelmon.config import load
-    from accelmon.sim.vcsim import Vcsim, build
-    from accelmon.store.writer import Store
-
     ui.note("a simulated estate: vCenter simulator, simulated NVML in the agents, and a week of history "
             "generated in accelerated simulated time - no real GPU or vCenter is involved")
     with ui.step("building the vCenter simulator (Go, cached after the first time)"):
@@ -416,8 +414,6 @@ class _DemoPrometheus:
     """The shared PrometheusServer helper plus accelmon's alert rules."""
 
     def __new__(cls, targets: list[str], *, scrape_interval: str, port: int, rules: Path | None) -> Any:
-        from accelmon.exporter.prometheus_server import PrometheusServer
-
         class WithRules(PrometheusServer):
             def write_config(self) -> Path:
                 path = super().write_config()

@@ -25,6 +25,7 @@ import datetime as dt
 import errno
 import hashlib
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -180,8 +181,6 @@ def summary(res: ImportResult) -> str:
 def stderr_progress(name: str, every_s: float = 5.0, out: Callable[[str], None] | None = None) -> Progress:
     """A progress callback that prints one line to stderr at most every ``every_s`` seconds
     (so short imports, and tests, print none)."""
-    import sys
-
     start = time.monotonic()
     last = [start]
     emit = out or (lambda s: print(s, file=sys.stderr, flush=True))

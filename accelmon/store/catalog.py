@@ -13,14 +13,17 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import duckdb
 import pyarrow as pa
 
+from accelmon.store import check
+from accelmon.store.layout import Layout
 from accelmon.store.schema import TABLES
+from accelmon.store.views import VIEWS
 
-if TYPE_CHECKING:
-    from accelmon.store.writer import Store
+__all__ = ["VIEWS", "define_views", "table_view_sql", "view_statements", "write_catalog"]
 
 log = logging.getLogger(__name__)
 
@@ -28,89 +31,6 @@ CATALOG_VERSION = 1
 # Storage format of the catalog file: v1.0.0 is readable by DuckDB CLIs from 1.0 on (a 2.x
 # default-format file is not); the file holds views only, which need nothing newer.
 CATALOG_STORAGE_VERSION = "v1.0.0"
-
-# name -> (doc, SQL). Raw tables are defined first under their own names.
-VIEWS: dict[str, tuple[str, str]] = {
-    "gpu_samples": (
-        "gpu_sample in friendly units: seconds, watts, joules, utilization ratio.",
-        """
-        SELECT ts, gpu_uuid, source, vm_bios_uuid,
-               util_percent, util_percent / 100.0 AS util_ratio, mem_util_percent,
-               busy_ms_total / 1000.0 AS busy_seconds_total,
-               idle_ms_total / 1000.0 AS idle_seconds_total,
-               fb_used_bytes, fb_total_bytes, pcie_tx_bytes_total, pcie_rx_bytes_total,
-               power_milliwatts / 1000.0 AS power_watts,
-               energy_millijoules_total / 1000.0 AS energy_joules_total
-        FROM gpu_sample
-        """,
-    ),
-    "gpu_utilization_daily": (
-        "Per GPU and UTC day: samples, mean and max utilization percent, mean framebuffer used, "
-        "mean power (simple means of samples; see analytics for time-weighted figures).",
-        """
-        SELECT gpu_uuid, CAST(ts AS DATE) AS day, count(*) AS samples,
-               avg(util_percent) AS mean_util_percent, max(util_percent) AS max_util_percent,
-               avg(fb_used_bytes) AS mean_fb_used_bytes,
-               avg(power_milliwatts) / 1000.0 AS mean_power_watts
-        FROM gpu_sample GROUP BY ALL
-        """,
-    ),
-    "hosts": (
-        "Latest inventory snapshot of hosts per vCenter.",
-        """
-        SELECT * EXCLUDE (date, shard) FROM inv_host
-        QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)
-        """,
-    ),
-    "host_gpus": (
-        "Latest snapshot of host PCI GPUs with their NUMA node.",
-        """
-        SELECT * EXCLUDE (date, shard) FROM inv_host_pci
-        QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)
-        """,
-    ),
-    "vms": (
-        "Latest inventory snapshot of GPU VMs per vCenter.",
-        """
-        SELECT * EXCLUDE (date, shard) FROM inv_vm
-        QUALIFY snapshot_ts = max(snapshot_ts) OVER (PARTITION BY vcenter_uuid)
-        """,
-    ),
-    "vm_gpu": (
-        "Current VM ↔ GPU device assignments with VM name, host, cluster, profile and host NUMA node.",
-        """
-        SELECT g.vcenter_uuid, g.vm_moref, v.vm_name, v.vm_instance_uuid, v.vm_bios_uuid,
-               v.host_moref, h.host_name, v.cluster_name, g.device_key, g.backing, g.host_pci_id,
-               g.vgpu_profile, g.vgpu_fb_bytes, g.host_numa_node, v.numa_node_affinity, v.num_cpu
-        FROM inv_vm_gpu g
-        JOIN vms v USING (vcenter_uuid, vm_moref)
-        LEFT JOIN hosts h ON h.vcenter_uuid = v.vcenter_uuid AND h.host_moref = v.host_moref
-        QUALIFY g.snapshot_ts = max(g.snapshot_ts) OVER (PARTITION BY g.vcenter_uuid)
-        """,
-    ),
-    "vm_power": (
-        "Per-VM power samples with the VM name.",
-        """
-        SELECT p.ts, p.vcenter_uuid, p.vm_moref, v.vm_name, p.power_watts, p.energy_joules
-        FROM vm_power_sample p LEFT JOIN vms v USING (vcenter_uuid, vm_moref)
-        """,
-    ),
-    "latest_vm_owner": (
-        "The current owner of each VM: its latest vm_owner row (docs/owners.md).",
-        """
-        SELECT * EXCLUDE (date) FROM vm_owner
-        QUALIFY row_number() OVER (PARTITION BY vcenter_uuid, vm_moref ORDER BY snapshot_ts DESC) = 1
-        """,
-    ),
-    "latest_findings": (
-        "Findings of the most recent analytics run.",
-        """
-        SELECT * EXCLUDE (date, shard) FROM findings
-        WHERE run_id = (SELECT arg_max(run_id, generated_at) FROM findings)
-        """,
-    ),
-}
-
 
 def _q(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
@@ -128,7 +48,7 @@ _DUCK_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "int32": "INTEGER", "int1
                "float": "FLOAT", "double": "DOUBLE", "bool": "BOOLEAN"}
 
 
-def table_view_sql(store: Store, name: str, files: list[Path] | None = None) -> str:
+def table_view_sql(store: Layout, name: str, files: list[Path] | None = None) -> str:
     """The raw table's view: all of its partitions in every shard (``shard=*/date=*`` only, so a
     stray entry such as a ``.tmp-link-*`` left by a kill never reaches the reader), or exactly
     ``files``; a typed empty relation when ``files`` is empty. The hive keys become the columns
@@ -150,22 +70,18 @@ def table_view_sql(store: Store, name: str, files: list[Path] | None = None) -> 
             f"{src}, hive_partitioning = true, hive_types = {hive}, union_by_name = true)")
 
 
-def view_statements(store: Store) -> list[str]:
+def view_statements(store: Layout) -> list[str]:
     stmts = [table_view_sql(store, name) for name in TABLES]
     for name, (_doc, sql) in VIEWS.items():
         stmts.append(f"CREATE OR REPLACE VIEW {name} AS {sql.strip()}")
     return stmts
 
 
-def define_views(con: Any, store: Store) -> list[Path]:
+def define_views(con: Any, store: Layout) -> list[Path]:
     """Define every table and view on ``con``. A table whose files cannot all be read does not
     stop the others: its unreadable files are found (Parquet footer check), reported once by
     name, quarantined when the store is set to (the daemon), else left out of this
     connection's view. Returns the files left out."""
-    import duckdb
-
-    from accelmon.store import check
-
     left_out: list[Path] = []
     for name in TABLES:
         try:
@@ -196,14 +112,12 @@ def define_views(con: Any, store: Store) -> list[Path]:
     return left_out
 
 
-def write_catalog(store: Store) -> bool:
+def write_catalog(store: Layout) -> bool:
     """Write the catalog file: views only, in an older storage format, atomically.
 
     Written to a temp file and renamed over ``accelmon.duckdb``, so a crash leaves the old
     catalog or the new one, never a broken one. Skipped (returns False) while another process
     holds the file open - its views stay valid."""
-    import duckdb
-
     path = store.catalog_path
     if path.exists():
         try:

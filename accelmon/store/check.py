@@ -22,16 +22,14 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from accelmon.store.fsutil import fsync_dir
+from accelmon.store.errors import StoreError
+from accelmon.store.layout import Layout, leftover_links, remove_leftover_links
 from accelmon.store.schema import TABLES
-
-if TYPE_CHECKING:
-    from accelmon.store.writer import Store
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +46,7 @@ class BadFile:
     reason: str
     shard: str = ""
 
-    def shown(self, store: Store) -> Path:
+    def shown(self, store: Layout) -> Path:
         """The path as readers see it: ``<data-dir>/tables/<table>/shard=<s>/date=<day>/<name>``."""
         return store.link_path(self.table, self.partition, self.shard or None) / self.path.name
 
@@ -84,7 +82,7 @@ def file_problem(path: Path, *, deep: bool) -> str | None:
     return None
 
 
-def find_bad_files(store: Store, tables: list[str] | None = None, *, deep: bool = False) -> list[BadFile]:
+def find_bad_files(store: Layout, tables: list[str] | None = None, *, deep: bool = False) -> list[BadFile]:
     out: list[BadFile] = []
     for name in tables or list(TABLES):
         for shard in store.shards(name):
@@ -96,20 +94,7 @@ def find_bad_files(store: Store, tables: list[str] | None = None, *, deep: bool 
     return out
 
 
-def leftover_links(store: Store, *, own: bool = False) -> list[Path]:
-    """``.tmp-link-*`` of interrupted swaps, in every shard (or only in this one)."""
-    out: list[Path] = []
-    tables = store.root / "tables"
-    if not tables.is_dir():
-        return out
-    pattern = f"shard={store.shard}" if own else "shard=*"
-    for tdir in sorted(p for p in tables.iterdir() if p.is_dir()):
-        out += sorted(tdir.glob(".tmp-link-*"))  # the unsharded layout's
-        out += sorted(tdir.glob(f"{pattern}/.tmp-link-*"))
-    return out
-
-
-def check(store: Store, *, deep: bool = True) -> CheckResult:
+def check(store: Layout, *, deep: bool = True) -> CheckResult:
     """Every shard's files and leftovers (reading is safe whoever writes them)."""
     res = CheckResult(leftover_links=leftover_links(store))
     for name in TABLES:
@@ -123,7 +108,7 @@ def check(store: Store, *, deep: bool = True) -> CheckResult:
     return res
 
 
-def report_bad(store: Store, bad: list[BadFile]) -> None:
+def report_bad(store: Layout, bad: list[BadFile]) -> None:
     """Log each bad file once per process, by the name readers see."""
     for b in bad:
         with _reported_lock:
@@ -134,7 +119,7 @@ def report_bad(store: Store, bad: list[BadFile]) -> None:
                     "moves it to %s", b.shown(store), b.reason, store.root / QUARANTINE_DIR)
 
 
-def quarantine(store: Store, bad: BadFile) -> Path:
+def quarantine(store: Layout, bad: BadFile) -> Path:
     """Move a bad file of this store's shard out of its generation to
     ``quarantine/tables/<table>/shard=<s>/date=<day>/<name>``.
 
@@ -142,8 +127,6 @@ def quarantine(store: Store, bad: BadFile) -> Path:
     A rename within the data dir: the bytes are kept for inspection, nothing is deleted.
     Another shard's file is never moved (its writer host does that): StoreError."""
     if bad.shard and bad.shard != store.shard:
-        from accelmon.store.writer import StoreError
-
         raise StoreError(f"{bad.shown(store)}: belongs to shard {bad.shard}; repair it from that shard's "
                          f"writer (accelmon store check --repair with [store] shard = \"{bad.shard}\")")
     dest = store.root / QUARANTINE_DIR / bad.shown(store).relative_to(store.root)
@@ -161,21 +144,11 @@ def quarantine(store: Store, bad: BadFile) -> Path:
     return dest
 
 
-def remove_leftover_links(store: Store) -> list[Path]:
-    """Remove ``.tmp-link-*`` of interrupted partition swaps, under each table's append lock taken
-    exclusively (appenders hold it shared and compaction's swap exclusively, so no swap is in flight)."""
-    removed: list[Path] = []
-    for link in leftover_links(store, own=True):
-        tname = link.parent.name if not link.parent.name.startswith("shard=") else link.parent.parent.name
-        with store._flock(tname, "append", fcntl.LOCK_EX):
-            if link.is_symlink() or link.exists():
-                link.unlink()
-                fsync_dir(link.parent)
-                removed.append(link)
-    return removed
 
 
-def repair(store: Store, result: CheckResult | None = None) -> RepairResult:
+def repair_files(store: Layout, result: CheckResult | None = None) -> RepairResult:
+    """Quarantine the unreadable files and remove the leftovers; the catalog is rebuilt by the
+    caller (:meth:`accelmon.store.writer.Store.repair`)."""
     result = result if result is not None else check(store)
     store.prepare_writer()
     out = RepairResult(links_removed=remove_leftover_links(store))
@@ -184,6 +157,5 @@ def repair(store: Store, result: CheckResult | None = None) -> RepairResult:
             out.not_own.append(b)  # another host's shard: reported, never touched
             continue
         out.quarantined.append(quarantine(store, b))
-    out.catalog_written = store.ensure_catalog()
     return out
 

@@ -19,18 +19,15 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from accelmon.store.fsutil import fsync_dir
+from accelmon.store.layout import EPOCH_PARTITION, GEN_RE, Layout, StoreError
+from accelmon.store.rows import to_arrow, write_parquet
 from accelmon.store.schema import TABLES, Table, table
 from accelmon.store.sortkeys import sort_indices
-from accelmon.store.writer import _GEN_RE, EPOCH_PARTITION, StoreError, to_arrow, write_parquet
-
-if TYPE_CHECKING:
-    from accelmon.store.writer import Store
 
 log = logging.getLogger("accelmon.store.writer")
 
@@ -75,7 +72,7 @@ class CompactionResult:
 
 
 def compact(
-    store: Store,
+    store: Layout,
     tables: Sequence[str] | None = None,
     *,
     min_files: int = 2,
@@ -115,7 +112,7 @@ def compact(
             failures.extend(failed)
     return results
 
-def _compact_partition(store: Store, t: Table, day: str, min_files: int) -> CompactionResult | None:
+def _compact_partition(store: Layout, t: Table, day: str, min_files: int) -> CompactionResult | None:
     with store._flock(t.name, "compact", fcntl.LOCK_EX):
         old = store._current_gen(t.name, day, create=False)
         if old is None:
@@ -131,7 +128,7 @@ def _compact_partition(store: Store, t: Table, day: str, min_files: int) -> Comp
         keys = [c for c in t.sort_by if c in data.column_names]
         if keys and data.num_rows:
             data = data.take(sort_indices(data, keys))
-        m = _GEN_RE.match(old.name)
+        m = GEN_RE.match(old.name)
         n = int(m.group(1)) + 1 if m else 1
         new = old.parent / f"g{n:06d}"
         while new.exists():  # leftover of a crashed compaction
@@ -160,7 +157,7 @@ def _compact_partition(store: Store, t: Table, day: str, min_files: int) -> Comp
         return CompactionResult(t.name, day, len(inputs), data.num_rows, out.stat().st_size)
 
 
-def replace_partition(store: Store, name: str, day: str, data: pa.Table | None) -> Path:
+def replace_partition(store: Layout, name: str, day: str, data: pa.Table | None) -> Path:
     """Replace a partition's content with ``data`` (None: empty) as a new generation - the swap of
     compaction, so a reader sees the old content or the new, never both. Files appended meanwhile
     are *not* carried over: this is for derived tables (rollups) whose one writer is the caller."""
@@ -172,7 +169,7 @@ def replace_partition(store: Store, name: str, day: str, data: pa.Table | None) 
     with store._flock(t.name, "compact", fcntl.LOCK_EX):
         old = store._current_gen(t.name, day, create=True)
         assert old is not None
-        m = _GEN_RE.match(old.name)
+        m = GEN_RE.match(old.name)
         new = old.parent / f"g{(int(m.group(1)) if m else 0) + 1:06d}"
         while new.exists():  # leftover of a crashed replace
             shutil.rmtree(new)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from accelmon.store.views import VIEWS
+
 TS = pa.timestamp("ms", tz="UTC")
 
 
@@ -542,8 +544,6 @@ def table(name: str) -> Table:
 
 def render_markdown() -> str:
     """docs/schema.md, generated."""
-    from accelmon.store.catalog import VIEWS
-
     out = [
         "# accelmon store schema",
         "",
@@ -570,7 +570,7 @@ def render_markdown() -> str:
             null = "" if c.nullable else " not null"
             out.append(f"| `{c.name}` | {c.type}{null} | {c.doc} |")
         out.append("")
-    out += ["## Views", "", "Defined in `accelmon/store/catalog.py`.", ""]
+    out += ["## Views", "", "Defined in `accelmon/store/views.py`.", ""]
     for name, (doc, _sql) in VIEWS.items():
         out += [f"- `{name}`: {doc}"]
     out.append("")

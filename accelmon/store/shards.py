@@ -21,56 +21,45 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import socket
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from accelmon.shard_names import SHARD_RE, derive, sanitize, validate
+from accelmon.store.errors import StoreError
 from accelmon.store.fsutil import fsync_dir
-
-if TYPE_CHECKING:
-    from accelmon.store.writer import Store
 
 log = logging.getLogger("accelmon.store.writer")
 
-SHARD_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
 CLAIMS_DIR = "shards"
+__all__ = ["CLAIMS_DIR", "SHARD_RE", "ShardedStore", "claim", "claim_path", "derive", "legacy_partitions",
+           "migrate_legacy", "sanitize", "validate"]
 
 
-def validate(name: str) -> str:
-    """``name`` if it is a valid shard name (``[a-z0-9_-]``, 1 to 64 characters), else ValueError."""
-    if not isinstance(name, str) or not SHARD_RE.match(name):
-        raise ValueError(f'not a shard name (1-64 of a-z 0-9 _ -): "{name}"')
-    return name
+class ShardedStore(Protocol):
+    """What the shard functions need of the store (:class:`accelmon.store.layout.Layout`, which
+    imports this module: a Protocol, not an import, so there is no cycle)."""
+
+    root: Path
+    shard: str
+
+    def gen_root(self, tname: str, shard: str | None = None) -> Path: ...
+
+    def link_path(self, tname: str, partition: str, shard: str | None = None) -> Path: ...
+
+    def _swap_link(self, link: Path, target: Path) -> None: ...
 
 
-def sanitize(text: str) -> str:
-    """A shard name derived from any text (a vCenter name, a host name): lower case, every run of
-    other characters replaced by one ``-``, at most 64 characters; ``default`` when nothing is left."""
-    s = re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-")[:64].strip("-")
-    return s or "default"
-
-
-def derive(vcenter_names: list[str] | None = None) -> str:
-    """The default shard: the vCenter's name when the daemon watches exactly one vCenter, else this
-    machine's host name (both sanitized)."""
-    if vcenter_names and len(vcenter_names) == 1:
-        return sanitize(vcenter_names[0])
-    return sanitize(socket.gethostname().split(".")[0])
-
-
-def claim_path(store: Store, name: str) -> Path:
+def claim_path(store: ShardedStore, name: str) -> Path:
     return store.root / CLAIMS_DIR / f"{name}.json"
 
 
-def claim(store: Store) -> None:
+def claim(store: ShardedStore) -> None:
     """Bind ``store.shard`` to this host (exclusive create), or check that it is bound to it.
 
     Several processes of one host may write one shard (the daemon, ``accelmon compact``, an
     import); they coordinate with ``flock`` on the shard's own lock files. Two hosts may not."""
-    from accelmon.store.writer import StoreError
-
     host = socket.gethostname()
     path = claim_path(store, store.shard)
     path.parent.mkdir(exist_ok=True)
@@ -107,7 +96,7 @@ def legacy_partitions(root: Path, tname: str) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.name.startswith("date=") and p.is_symlink())
 
 
-def migrate_legacy(store: Store, tname: str) -> int:
+def migrate_legacy(store: ShardedStore, tname: str) -> int:
     """Move a table's unsharded partitions into ``store.shard`` (the caller holds the shard's locks).
 
     Per partition: rename ``.gen/<t>/date=<day>`` to ``.gen/<t>/shard=<s>/date=<day>`` (one

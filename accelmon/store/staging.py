@@ -27,11 +27,13 @@ Used by ``accelmon import-trace``; works for any table. The sequence (see docs/s
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -192,12 +194,8 @@ def fault_point(point: str, n: int = 0) -> None:
     SIGKILL) and ``IMPORT_TRACE_TEST_FAIL`` raises "No space left on device"."""
     here = f"{point}:{n}"
     if os.environ.get("IMPORT_TRACE_TEST_STOP") == here:
-        import signal
-
         os.kill(os.getpid(), signal.SIGSTOP)
     if os.environ.get("IMPORT_TRACE_TEST_FAIL") == here:
-        import errno
-
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 

@@ -13,10 +13,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pynvml import NVMLError
+
 from accelmon.collector.agent import gpm, nvmlerr
 from accelmon.collector.agent.gpu import Carry, GpuDown, GpuIdentity, GpuPoller, GpuSnapshot, read_identity
 from accelmon.collector.agent.identity import VmIdentity, read_vm_identity
-from pynvml import NVMLError
 
 log = logging.getLogger("accelmon.agent")
 

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pynvml
-from accelmon.collector.agent import nvmlerr
 from pynvml import NVMLError
+
+from accelmon.collector.agent import nvmlerr
 
 log = logging.getLogger("accelmon.agent")
 

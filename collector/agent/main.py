@@ -1,22 +1,28 @@
-"""``accelmon agent``: run the guest agent (real NVML, or the simulated one with ``--simulate``)."""
+"""``accelmon agent``: run the guest agent over NVML, or over another :class:`Backend`.
+
+The simulated NVML (``accelmon agent --simulate``) is test/demo support: it lives in
+:mod:`accelmon.sim` and is wrapped into a :class:`Backend` by :mod:`accelmon.demo.simnvml`, so this
+product module never imports the simulator (import-linter contract in pyproject.toml)."""
 
 from __future__ import annotations
 
 import logging
 import signal
-import socket
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from accelmon.collector.agent import nvmlerr
-from accelmon.collector.agent.agent import Agent
-from accelmon.collector.agent.identity import VmIdentity, normalize_uuid, read_vm_identity, swap_uuid_bytes
-from accelmon.collector.agent.metrics import make_registry, render
-from accelmon.collector.agent.server import AgentHTTPServer, TokenSource
+import pynvml
+from pynvml import NVMLError
 
 from accelmon import webconfig
+from accelmon.collector.agent import nvmlerr
+from accelmon.collector.agent.agent import Agent
+from accelmon.collector.agent.identity import VmIdentity
+from accelmon.collector.agent.metrics import make_registry, render
+from accelmon.collector.agent.server import AgentHTTPServer, TokenSource
 from accelmon.config import Config
 from accelmon.errors import UserError
 from accelmon.httpserver import ServerLimits
@@ -24,22 +30,23 @@ from accelmon.httpserver import ServerLimits
 log = logging.getLogger("accelmon.agent")
 
 
-def open_backend(simulate: str | None) -> tuple[Any, Any, str]:
-    """(nvml module-like object, clock or None, backend name)."""
-    if simulate is None:
-        import pynvml
+@dataclass(frozen=True)
+class Backend:
+    """What the agent reads: the ``pynvml`` module, or an object with the same functions, names,
+    units and error codes (the simulated NVML) with its clock and the VM identity it sets."""
 
-        return pynvml, None, "nvml"
-    from accelmon.sim.nvml import SimNVML
+    nvml: Any
+    name: str = "nvml"
+    clock: Any = None  # None: wall clock
+    sysfs_root: str | None = "/sys"  # where PCIe/NUMA facts are read; None for a simulated guest
+    vm_identity: VmIdentity | None = None  # None: read from the guest's SMBIOS
 
-    sim = SimNVML(simulate)
-    return sim, sim.clock, f"simulated:{sim.spec.name}"
+
+NVML = Backend(pynvml)  # the real library (libnvidia-ml.so.1 through nvidia-ml-py)
 
 
 def _init_error(e: Exception) -> UserError:
     code = nvmlerr.code_of(e)
-    import pynvml
-
     if code == pynvml.NVML_ERROR_LIBRARY_NOT_FOUND:
         return UserError("NVML library (libnvidia-ml.so.1) not found: install the NVIDIA driver in this guest, "
                          "or run with --simulate to use the simulated NVML")
@@ -52,51 +59,33 @@ def _init_error(e: Exception) -> UserError:
     return UserError(f"NVML initialisation failed: {nvmlerr.name_of(code)}")
 
 
-def _vm_identity(sim: Any) -> VmIdentity | None:
-    """A simulation spec may set the VM identity (the demo joins simulated agents to vcsim VMs)."""
-    spec = getattr(sim, "spec", None)
-    raw = getattr(spec, "vm_bios_uuid", None)
-    host = getattr(spec, "hostname", None)
-    uuid = normalize_uuid(raw)
-    if raw is not None and uuid is None:
-        raise UserError(f"simulation spec: vm_bios_uuid: not a UUID: {raw!r}")
-    if uuid is not None:
-        return VmIdentity(host or socket.gethostname(), uuid, swap_uuid_bytes(uuid), "simulated")
-    return read_vm_identity(hostname=host) if host else None
-
-
-def build_agent(cfg: Config, simulate: str | None, *, count_history: bool = False) -> Agent:
-    nv, clock, backend = open_backend(simulate)
+def build_agent(cfg: Config, backend: Backend = NVML, *, count_history: bool = False) -> Agent:
     a = cfg.agent
     agent = Agent(
-        nv,
-        clock=clock,
+        backend.nvml,
+        clock=backend.clock,
         poll_interval=a.poll_interval,
         per_process=a.per_process,
-        sysfs_root=None if simulate else "/sys",
-        backend=backend,
+        sysfs_root=backend.sysfs_root,
+        backend=backend.name,
         count_history=count_history,
-        vm_identity=_vm_identity(nv) if simulate else None,
+        vm_identity=backend.vm_identity,
     )
     try:
         agent.start()
-    except Exception as e:
-        from pynvml import NVMLError
-
-        if isinstance(e, NVMLError):
-            raise _init_error(e) from None
-        raise
+    except NVMLError as e:
+        raise _init_error(e) from None
     return agent
 
 
-def run_agent(cfg: Config, *, simulate: str | None = None, listen: str | None = None, once: bool = False,
+def run_agent(cfg: Config, *, backend: Backend = NVML, listen: str | None = None, once: bool = False,
               web_config_file: Path | None = None) -> int:
     """Run the agent until SIGINT/SIGTERM (exit 0); ``once`` polls once and prints the metrics.
     ``web_config_file`` (``--web.config.file``) wins over ``agent.web_config_file``."""
     web_config_file = web_config_file or cfg.agent.web_config_file
     if web_config_file is not None and not once:
         webconfig.load(web_config_file)  # a bad file fails before NVML is opened
-    agent = build_agent(cfg, simulate, count_history=once)
+    agent = build_agent(cfg, backend, count_history=once)
     if once:
         try:
             agent.poll_once()

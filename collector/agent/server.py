@@ -15,9 +15,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from accelmon.collector.agent.metrics import make_registry, render
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from accelmon.collector.agent.metrics import make_registry, render
 from accelmon.errors import UserError
 from accelmon.httpserver import HardenedHandler, HardenedHTTPServer, ServerLimits
 from accelmon.webconfig import WebConfig, WebConfigSource

@@ -20,9 +20,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pyVmomi import vim
+
 from accelmon.collector.vcenter.session import VCenterSession
 from accelmon.collector.vcenter.state import VCenterState
-from pyVmomi import vim
 
 START_TYPES = ("VmBeingHotMigratedEvent", "VmBeingMigratedEvent", "VmEmigratingEvent")
 END_OK_TYPES = ("VmMigratedEvent", "DrsVmMigratedEvent")

@@ -26,6 +26,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
 
+from pyVmomi import vim, vmodl
+
 from accelmon.collector.vcenter import rawxml as rx
 from accelmon.collector.vcenter.inv_model import Model, _strip_ts
 from accelmon.collector.vcenter.inv_props import CFM_PROPS, TYPES_PROPS, VM_PROPS, norm_pci

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape
 
+from pyVmomi import vmodl
+
 from accelmon.collector.vcenter.session import VCenterSession
 
 POWER = "power.power.average"
@@ -73,8 +75,6 @@ def counter_ids(perf_counters: Iterable[Any], names: Sequence[str] = (POWER, ENE
 def fetch_counter_ids(session: VCenterSession, names: Sequence[str] = (POWER, ENERGY)) -> dict[str, int]:
     """Counter ids by name from ``perfManager.perfCounter``, read as raw XML (a vCenter has
     hundreds of counters; pyVmomi takes most of a second to build objects for them)."""
-    from pyVmomi import vmodl
-
     pcls = vmodl.query.PropertyCollector
     pm = session.content.perfManager
     spec = pcls.FilterSpec(

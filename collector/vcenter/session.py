@@ -35,11 +35,12 @@ from http.cookies import SimpleCookie
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from accelmon.collector.vcenter.authgate import AuthGate
-from accelmon.collector.vcenter.stunlog import HttpResult
+from pyVim.connect import GetServiceVersions
 from pyVmomi import SoapStubAdapter, VmomiSupport, vim, vmodl
 from pyVmomi.SoapAdapter import SoapResponseDeserializer
 
+from accelmon.collector.vcenter.authgate import AuthGate
+from accelmon.collector.vcenter.stunlog import HttpResult
 from accelmon.config import VCenterConfig
 from accelmon.errors import UserError
 
@@ -163,8 +164,6 @@ class VCenterSession:
     # ----------------------------------------------------------------- login
     def _negotiate_version(self) -> str:
         """The newest API version both pyVmomi and the server speak (vimServiceVersions.xml)."""
-        from pyVim.connect import GetServiceVersions
-
         conn = self._new_http()
         try:
             conn.request("GET", self.path.rstrip("/") + "/vimServiceVersions.xml")

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from accelmon.collector.base import CollectResult
+from pyVmomi import vim
+
+from accelmon.collector.base import CollectResult, SourceJob
 from accelmon.collector.vcenter import events as ev
 from accelmon.collector.vcenter import perf, stunlog
 from accelmon.collector.vcenter.inventory import Inventory, PollStats
@@ -39,11 +41,10 @@ from accelmon.collector.vcenter.owners import OwnerTracker
 from accelmon.collector.vcenter.session import VCenterSession, insecure_transport
 from accelmon.collector.vcenter.state import VCenterState, load_state, reconcile, save_state, state_path
 from accelmon.collector.vcenter.tagging import TaggingClient
-from pyVmomi import vim
-
 from accelmon.config import VCenterConfig
 from accelmon.owners_config import OwnersConfig
 from accelmon.store.schema import table
+from accelmon.store.sink import StoreWriter
 from accelmon.store.writer import to_arrow
 
 log = logging.getLogger(__name__)
@@ -98,28 +99,29 @@ class VCenterSource:
             log.warning("vCenter %s (%s): insecure connection: %s", cfg.display_name, cfg.url, why)
 
     # ------------------------------------------------------------------ Source API
-    def jobs(self) -> list[tuple[str, float, Any]]:
+    def jobs(self, interval_s: float) -> list[SourceJob]:
+        """Three schedules at the vCenter's own intervals (``interval_s`` is its perf interval)."""
         return [
-            ("vcenter.inventory", self.cfg.inventory_interval, self.collect_inventory),
-            ("vcenter.perf", self.cfg.perf_interval, self.collect_perf),
-            ("vcenter.events", self.cfg.events_interval, self.collect_events),
+            SourceJob("vcenter.inventory", self.cfg.inventory_interval, self.collect_inventory),
+            SourceJob("vcenter.perf", self.cfg.perf_interval, self.collect_perf),
+            SourceJob("vcenter.events", self.cfg.events_interval, self.collect_events),
         ]
 
-    def collect(self, store: Any) -> CollectResult:
+    def collect(self, store: StoreWriter) -> CollectResult:
         res = CollectResult()
         with self._lock:
             self._inventory_and_perf(store, res)
             self._events(store, res)
         return res
 
-    def poll_inventory_and_perf(self, store: Any) -> CollectResult:
+    def poll_inventory_and_perf(self, store: StoreWriter) -> CollectResult:
         """Inventory and power in one go (what the benchmark calls a poll)."""
         res = CollectResult()
         with self._lock:
             self._inventory_and_perf(store, res)
         return res
 
-    def _inventory_and_perf(self, store: Any, res: CollectResult) -> None:
+    def _inventory_and_perf(self, store: StoreWriter, res: CollectResult) -> None:
         if not self._inventory_polled:
             self._inventory(store, res)
             self._perf(store, res)
@@ -135,13 +137,13 @@ class VCenterSource:
                 st = fut.result()
         self._inventory(store, res, st)
 
-    def collect_inventory(self, store: Any) -> CollectResult:
+    def collect_inventory(self, store: StoreWriter) -> CollectResult:
         res = CollectResult()
         with self._lock:
             self._inventory(store, res)
         return res
 
-    def collect_perf(self, store: Any) -> CollectResult:
+    def collect_perf(self, store: StoreWriter) -> CollectResult:
         res = CollectResult()
         with self._lock:
             if not self._inventory_polled:
@@ -149,7 +151,7 @@ class VCenterSource:
             self._perf(store, res)
         return res
 
-    def collect_events(self, store: Any) -> CollectResult:
+    def collect_events(self, store: StoreWriter) -> CollectResult:
         res = CollectResult()
         with self._lock:
             if not self._inventory_polled:
@@ -229,7 +231,7 @@ class VCenterSource:
             save_state(self._state_file, self._state)
 
     # ------------------------------------------------------------------ inventory
-    def _inventory(self, store: Any, res: CollectResult, polled: PollStats | None = None) -> None:
+    def _inventory(self, store: StoreWriter, res: CollectResult, polled: PollStats | None = None) -> None:
         st = polled if polled is not None else self.inventory.poll()
         self.last_inventory = st
         self._inventory_polled = True
@@ -271,7 +273,7 @@ class VCenterSource:
             inst = {v: m._p(v).get("config.instanceUuid") for v in vms}
         return [(v, "VirtualMachine") for v in vms] + [(h, "HostSystem") for h in hosts], inst
 
-    def _perf(self, store: Any, res: CollectResult,
+    def _perf(self, store: StoreWriter, res: CollectResult,
               plan: tuple[list[tuple[str, str]], dict[str, str | None]] | None = None) -> None:
         state = self._state_for(store)
         if self._counters is None:
@@ -327,7 +329,7 @@ class VCenterSource:
         ])
 
     # ------------------------------------------------------------------ events
-    def _events(self, store: Any, res: CollectResult) -> None:
+    def _events(self, store: StoreWriter, res: CollectResult) -> None:
         state = self._state_for(store)
         events = ev.read_events(self.session, state)
         now = time.time()

@@ -10,13 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from accelmon.collector.agent.agent import Agent
 from accelmon.collector.agent.identity import VmIdentity, swap_uuid_bytes
 from accelmon.collector.agent.metrics import make_registry, render
 from accelmon.collector.agent.server import AgentHTTPServer
 from accelmon.collector.agent_source import AgentSource
-from prometheus_client.parser import text_string_to_metric_families
-
 from accelmon.sim.clock import ManualClock
 from accelmon.sim.nvml import SimNVML
 from accelmon.sim.spec import load_spec, parse_spec

@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 
 import pytest
+
 from accelmon.collector.agent.server import AgentHTTPServer, TokenSource
 from accelmon.collector.agent_source import AgentSource, ScrapeError, redact_url
 from accelmon.collector.base import Source
-
 from accelmon.sim.clock import ManualClock
 from accelmon.store.writer import Store
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from accelmon.collector.agent_source import ScrapeError, emit_rows
 from accelmon.collector.exporters import DcgmExporterSource, NvidiaGpuExporterSource, normalize_gpu_uuid
-
 from accelmon.store.writer import Store
 
 FIX = Path(__file__).parent / "fixtures"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from accelmon.collector.agent.identity import (
     normalize_uuid,
     pci_numa_node,

@@ -7,6 +7,7 @@ which one or more kernels was executing on the GPU", so a reading v over dt is d
 from __future__ import annotations
 
 import pytest
+
 from accelmon.collector.agent.integrate import GaugeIntegrator, RingIntegrator, split
 
 P = 166_667  # 1/6 s in µs

@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
-from accelmon.collector.promtext import PromTextError, parse
 from prometheus_client.parser import text_string_to_metric_families
 
+from accelmon.collector.promtext import PromTextError, parse
 from accelmon.sim.clock import ManualClock
 from accelmon.sim.exporters import DCGM_PROF_FIELDS, dcgm_exporter_text, nvidia_gpu_exporter_text
 from accelmon.sim.spec import PRESETS

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from accelmon.collector.agent.main import run_agent
 
+from accelmon.collector.agent.main import build_agent, run_agent
 from accelmon.config import load, parse
+from accelmon.demo.simnvml import simulated_backend
 from accelmon.errors import UserError
 
 from .conftest import series
@@ -32,7 +33,7 @@ def _real_nvml_present() -> bool:
 
 
 def test_once_prints_metrics(capsys) -> None:
-    assert run_agent(load(None, env={}), simulate="single", once=True) == 0
+    assert run_agent(load(None, env={}), backend=simulated_backend("single"), once=True) == 0
     out = capsys.readouterr().out
     busy = series(out, "accelmon_gpu_busy_seconds_total")
     idle = series(out, "accelmon_gpu_idle_seconds_total")
@@ -57,7 +58,7 @@ def test_spec_file_sets_the_vm_identity(tmp_path: Path, capsys) -> None:
     spec = tmp_path / "vm.toml"
     spec.write_text('vm_bios_uuid = "42023081-331B-58E1-2730-CA560789E551"\nhostname = "gpu-vm-7"\n'
                     '[[gpu]]\nmodel = "T4"\nmode = "vgpu"\nvgpu_profile = "T4-8C"\n')
-    assert run_agent(load(None, env={}), simulate=str(spec), once=True) == 0
+    assert run_agent(load(None, env={}), backend=simulated_backend(str(spec)), once=True) == 0
     out = capsys.readouterr().out
     (labels, _), = series(out, "accelmon_agent_info").items()
     d = dict(labels)
@@ -67,7 +68,7 @@ def test_spec_file_sets_the_vm_identity(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[[gpu]]\nmodel = "A100"\ncount = 0\n')
     with pytest.raises(UserError, match=r"bad.toml: gpu\[0\].count"):
-        run_agent(load(None, env={}), simulate=str(bad), once=True)
+        simulated_backend(str(bad))
 
 
 def test_serves_until_sigterm(tmp_path: Path) -> None:
@@ -75,8 +76,9 @@ def test_serves_until_sigterm(tmp_path: Path) -> None:
         "import logging, sys; logging.basicConfig(level=logging.INFO)\n"
         "from accelmon.config import parse\n"
         "from accelmon.collector.agent.main import run_agent\n"
+        "from accelmon.demo.simnvml import simulated_backend\n"
         "cfg = parse({'agent': {'poll_interval': 0.2, 'token': 'tok'}}, 't', env={})\n"
-        "sys.exit(run_agent(cfg, simulate='mixed', listen='127.0.0.1:0'))\n"
+        "sys.exit(run_agent(cfg, backend=simulated_backend('mixed'), listen='127.0.0.1:0'))\n"
     )
     p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
@@ -122,9 +124,7 @@ def test_cli_verb() -> None:
 
 def test_config_keys_reach_the_agent() -> None:
     cfg = parse({"agent": {"poll_interval": "250ms", "per_process": True}}, "t", env={})
-    from accelmon.collector.agent.main import build_agent
-
-    agent = build_agent(cfg, "single")
+    agent = build_agent(cfg, simulated_backend("single"))
     try:
         assert agent.poll_interval == 0.25 and agent.per_process
     finally:

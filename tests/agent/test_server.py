@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from accelmon.collector.agent.metrics import make_registry, render, render_reference
 from accelmon.collector.agent.server import AgentHTTPServer, TokenSource
-
 from accelmon.errors import UserError
 
 from .conftest import agent_of, metrics_text, run_polls, sim_of

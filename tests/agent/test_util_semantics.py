@@ -15,8 +15,8 @@ from typing import Any
 import pynvml
 import pytest
 import requests
-from accelmon.collector.agent.server import AgentHTTPServer
 
+from accelmon.collector.agent.server import AgentHTTPServer
 from accelmon.sim.clock import ManualClock
 from accelmon.sim.traces import make_trace, time_weighted_mean
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
-from accelmon.analytics import actions
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from accelmon.analytics import actions
 
 _Q = "'\u2018\u2019\u201a\u201b"  # PowerShell's single quotes (about_Quoting_Rules)
 

@@ -10,10 +10,10 @@ import datetime as dt
 
 import numpy as np
 import pytest
+
 from accelmon.analytics import activity
 from accelmon.analytics.samples import aggregate
 from accelmon.analytics.utilization import UtilThresholds, gpu_utilization
-
 from accelmon.store.writer import Store
 from tests.analytics.synth import T0
 

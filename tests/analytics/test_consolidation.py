@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import HealthCheck, Phase, find, given, settings, target
+from hypothesis import strategies as st
+
 from accelmon.analytics import actions
 from accelmon.analytics.consolidation import (
     HOURS_PER_MONTH,
@@ -15,8 +18,6 @@ from accelmon.analytics.consolidation import (
     plan,
 )
 from accelmon.analytics.profiles import GIB, Profile, load, parse_profile_name
-from hypothesis import HealthCheck, Phase, find, given, settings, target
-from hypothesis import strategies as st
 
 TABLE = load()
 

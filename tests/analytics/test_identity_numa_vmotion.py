@@ -3,11 +3,11 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+
 from accelmon.analytics.identity import gpu_vm_map, swap_bios
 from accelmon.analytics.numa import parse_affinity
 from accelmon.analytics.vmotion import vmotion_stun
 from accelmon.analytics.window import Window
-
 from accelmon.store.writer import Store
 from tests.analytics.estate import SNAP, VC, write_inventory
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from accelmon.analytics import mig
 from accelmon.analytics.consolidation import MIG_SLICES, PGpu, profile_allowed
 from accelmon.analytics.profiles import GIB, load
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 TABLE = load()
 MODELS = sorted(mig.load())

@@ -10,11 +10,11 @@ import json
 from typing import Any
 
 import pytest
+
 from accelmon.analytics import findings
 from accelmon.analytics.consolidation import Plan
 from accelmon.analytics.numa import fmt_ids, numa_alignment, numa_misaligned, numa_unknown
 from accelmon.analytics.window import Window
-
 from accelmon.store.writer import Store
 from tests.analytics.estate import GIB, SNAP, VC
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+
 from accelmon.analytics import estate, identity
 from accelmon.analytics.consolidation import HostCap, PGpu, Tenant, plan
 from accelmon.analytics.profiles import GIB, load
-
 from accelmon.store.writer import Store
 from tests.analytics.estate import VC, write_inventory
 

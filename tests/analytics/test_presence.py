@@ -13,11 +13,11 @@ import math
 
 import numpy as np
 import pytest
+
 from accelmon.analytics.analyze import analyze
 from accelmon.analytics.findings import rows as finding_rows
 from accelmon.analytics.verdict import MIG_REASON
 from accelmon.analytics.window import Window
-
 from accelmon.config import parse
 from accelmon.store.writer import Store
 

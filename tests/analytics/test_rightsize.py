@@ -5,6 +5,7 @@ the profile tables and the rule, not copied from the code's output."""
 from __future__ import annotations
 
 import polars as pl
+
 from accelmon.analytics import actions, mig, rightsize
 from accelmon.analytics.consolidation import Move, PGpu, Plan, Tenant
 from accelmon.analytics.profiles import GIB, load

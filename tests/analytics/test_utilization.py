@@ -4,9 +4,9 @@ import datetime as dt
 
 import numpy as np
 import pytest
+
 from accelmon.analytics.samples import aggregate
 from accelmon.analytics.utilization import UtilThresholds, gpu_utilization
-
 from accelmon.store.writer import Store
 from tests.analytics.synth import T0, held_trace, reference_mean
 

@@ -6,11 +6,11 @@ import datetime as dt
 from pathlib import Path
 
 import polars as pl
+
 from accelmon.analytics import estate
 from accelmon.analytics.consolidation import HostCap, PGpu, Tenant, plan, profile_allowed
 from accelmon.analytics.profiles import GIB, load
 from accelmon.analytics.vgpu_hetero import HostVersions, heterogeneous_allowed, release_floor
-
 from accelmon.store.writer import Store
 
 TABLE = load()

@@ -3,8 +3,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from accelmon.analytics.window import parse_since, resolve_window
 
+from accelmon.analytics.window import parse_since, resolve_window
 from accelmon.errors import UserError
 
 NOW = dt.datetime(2025, 3, 10, 12, tzinfo=dt.UTC)

@@ -25,7 +25,6 @@ from accelmon.collector.agent.identity import VmIdentity, swap_uuid_bytes
 from accelmon.collector.agent.server import AgentHTTPServer
 from accelmon.collector.agent_source import AgentSource, MetricsEndpointSource
 from accelmon.collector.exporters import DcgmExporterSource, NvidiaGpuExporterSource
-
 from accelmon.daemon.buffer import WriteBuffer
 from accelmon.sim.clock import ManualClock
 from accelmon.sim.exporters import ExporterServer, dcgm_exporter_text, nvidia_gpu_exporter_text

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from accelmon.collector.exporters import DcgmExporterSource, NvidiaGpuExporterSource
-
 from accelmon.sim.clock import ManualClock
 from accelmon.sim.exporters import dcgm_exporter_text, nvidia_gpu_exporter_text
 from accelmon.sim.nvml import SimNVML

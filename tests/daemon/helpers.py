@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 from accelmon.collector.base import CollectResult
-
 from accelmon.store.schema import table
 from accelmon.store.writer import to_arrow
 

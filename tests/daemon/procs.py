@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from accelmon.exporter.prometheus_server import free_port
+from accelmon.demo.prometheus import free_port
 
 CLI = [sys.executable, "-c", "import sys; from accelmon.cli import main; sys.argv[0] = 'accelmon'; main()"]
 
@@ -175,7 +175,7 @@ class Daemon:
 
     def value(self, name: str, **labels: str) -> float | None:
         """One sample of /metrics (labels must all match), or None."""
-        from accelmon.exporter.prometheus_server import parse_samples
+        from accelmon.demo.prometheus import parse_samples
 
         for n, lab, v in parse_samples(self.metrics()):
             if n == name and all(lab.get(k) == val for k, val in labels.items()):

@@ -15,7 +15,7 @@ import pytest
 
 from accelmon.config import parse
 from accelmon.daemon.service import Daemon
-from accelmon.exporter.prometheus_server import free_port
+from accelmon.demo.prometheus import free_port
 from accelmon.exporter.server import MetricsApp
 from accelmon.store import Store
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from accelmon.collector.agent_source import AgentSource, RowsResult
 
+from accelmon.collector.agent_source import AgentSource, RowsResult
 from accelmon.daemon.buffer import WriteBuffer
 from accelmon.daemon.state import DaemonState
 from accelmon.store import Store

@@ -13,7 +13,6 @@ from accelmon.collector.discovery import (
     normalize_bios_uuid,
     swapped_bios_uuid,
 )
-
 from accelmon.config import AgentsConfig
 
 BIOS = "4213a1b2-c3d4-e5f6-0718-293a4b5c6d7e"

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from accelmon.collector.agent.agent import Agent
 from accelmon.collector.agent.identity import VmIdentity, swap_uuid_bytes
 from accelmon.collector.agent.server import AgentHTTPServer
-
 from accelmon.config import parse
 from accelmon.daemon.service import Daemon
-from accelmon.exporter.prometheus_server import free_port
+from accelmon.demo.prometheus import free_port
 from accelmon.sim.nvml import SimNVML
 from accelmon.sim.spec import parse_spec
 from accelmon.sim.vcsim import Vcsim

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from accelmon.collector.registry import SourceJob
 
+from accelmon.collector.registry import SourceJob
 from accelmon.config import parse
 from accelmon.daemon.service import Daemon
 from accelmon.exporter.server import MetricsApp

@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 from accelmon.config import ExporterConfig
 from accelmon.daemon.housekeeping import refresh_findings
 from accelmon.daemon.state import DaemonState
-from accelmon.exporter.prometheus_server import check_metrics, free_port
+from accelmon.demo.prometheus import check_metrics, free_port
 from accelmon.exporter.server import MetricsApp, serve
 from accelmon.store import Store
 from accelmon.store.schema import table

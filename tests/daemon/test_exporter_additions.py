@@ -16,7 +16,7 @@ from accelmon.config import ExporterConfig, parse
 from accelmon.daemon import housekeeping, vmotion_history
 from accelmon.daemon.service import Daemon
 from accelmon.daemon.state import STUN_BUCKETS, DaemonState
-from accelmon.exporter.prometheus_server import check_metrics, parse_samples
+from accelmon.demo.prometheus import check_metrics, parse_samples
 from accelmon.exporter.server import MetricsApp
 from accelmon.store import Store
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from accelmon.exporter.prometheus_server import PrometheusServer, check_metrics
+from accelmon.demo.prometheus import PrometheusServer, check_metrics
 from accelmon.sim.vcsim import Vcsim
 
 from .procs import Agent, Daemon, wait_until

@@ -6,12 +6,12 @@ import socket
 from pathlib import Path
 
 import pytest
-from accelmon.collector import registry
 
+from accelmon.collector import registry
 from accelmon.config import parse
 from accelmon.daemon.main import run_daemon
+from accelmon.demo.prometheus import free_port
 from accelmon.errors import UserError
-from accelmon.exporter.prometheus_server import free_port
 from accelmon.store import Store
 
 from .procs import Agent

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from accelmon.collector.registry import SourceJob
-
 from accelmon.config import parse
 from accelmon.daemon import housekeeping
 from accelmon.daemon.service import Daemon

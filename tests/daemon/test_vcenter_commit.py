@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from accelmon.collector.vcenter.state import state_path
-
 from accelmon.config import parse
 from accelmon.daemon.service import Daemon
 from accelmon.sim.vcsim import Vcsim

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from accelmon.exporter.prometheus_server import PrometheusServer
+from accelmon.demo.prometheus import PrometheusServer
 from accelmon.sim.nvml import SimNVML
 from tests.dashboards.promql import RULES, Query, dashboards, metric_names, queries, regex_of, substitute
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from accelmon.exporter.prometheus_server import PrometheusServer, free_port
+from accelmon.demo.prometheus import PrometheusServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 AM_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"

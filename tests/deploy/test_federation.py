@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from accelmon.exporter.prometheus_server import PrometheusServer
+from accelmon.demo.prometheus import PrometheusServer
 from tests.daemon.procs import wait_until
 from tests.dashboards.promql import ROOT, metric_names, queries, substitute
 

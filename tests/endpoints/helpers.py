@@ -13,10 +13,10 @@ from typing import Any
 
 import bcrypt
 import yaml
+
 from accelmon.collector.agent.agent import Agent
 from accelmon.collector.agent.identity import VmIdentity, swap_uuid_bytes
 from accelmon.collector.agent.server import AgentHTTPServer
-
 from accelmon.config import ExporterConfig
 from accelmon.daemon.state import DaemonState
 from accelmon.exporter.server import MetricsApp, MetricsServer

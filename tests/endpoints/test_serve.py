@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from accelmon.exporter.prometheus_server import PrometheusServer, free_port
+from accelmon.demo.prometheus import PrometheusServer, free_port
 from accelmon.httpserver import HardenedHTTPServer, ServerLimits
 
 from .helpers import METRIC, basic, bcrypt_hash, endpoint, self_signed, write_web_config
@@ -285,7 +285,6 @@ def test_certificate_rotation_applies_to_the_next_connection(tmp_path: Path) -> 
 
 def test_agent_refuses_bearer_token_and_basic_auth_together(tmp_path: Path) -> None:
     from accelmon.collector.agent.server import AgentHTTPServer, TokenSource
-
     from accelmon.errors import UserError
 
     from .helpers import sim_agent

@@ -27,7 +27,7 @@ from accelmon.collector.agent.metrics import ProcessStats, make_registry, render
 from accelmon import exposition
 from accelmon.config import ExporterConfig
 from accelmon.daemon.state import DaemonState, Snapshot
-from accelmon.exporter.prometheus_server import check_metrics
+from accelmon.demo.prometheus import check_metrics
 from accelmon.exporter.server import MetricsApp
 from accelmon.sim.clock import ManualClock
 from accelmon.sim.nvml import SimNVML

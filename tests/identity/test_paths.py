@@ -7,11 +7,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from accelmon.analytics.identity import gpu_vm_map
-from accelmon.collector.discovery import AgentRecord, VmRecord, join_agents, normalize_bios_uuid
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from accelmon.analytics.identity import gpu_vm_map
+from accelmon.collector.discovery import AgentRecord, VmRecord, join_agents, normalize_bios_uuid
 from accelmon.daemon.state import DaemonState
 from accelmon.exporter.collectors import GpuCollector
 from accelmon.identity import guest_bus_slot

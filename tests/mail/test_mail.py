@@ -27,7 +27,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from accelmon.config import ConfigError, parse
-from accelmon.demo import costmail, run_demo
+from accelmon.demo import costmail
+from accelmon.demo.runner import run_demo
 from accelmon.errors import UserError
 from accelmon.mail.cli import run_mail
 from accelmon.report.cli import generate

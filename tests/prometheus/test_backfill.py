@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from accelmon.collector.prometheus_backfill import MAX_POINTS, run_backfill
 
+from accelmon.collector.prometheus_backfill import MAX_POINTS, run_backfill
+from accelmon.demo.prometheus import PrometheusServer, create_blocks_from_openmetrics
 from accelmon.errors import UserError
-from accelmon.exporter.prometheus_server import PrometheusServer, create_blocks_from_openmetrics
 from accelmon.store import Store
 
 GPUS = ["GPU-11111111-2222-3333-4444-555555555555", "GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"]

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from accelmon.collector.prometheus_backfill import run_backfill
 
-from accelmon.exporter.prometheus_server import PrometheusServer, create_blocks_from_openmetrics
+from accelmon.collector.prometheus_backfill import run_backfill
+from accelmon.demo.prometheus import PrometheusServer, create_blocks_from_openmetrics
 from accelmon.store import Store
 
 WHOLE = "GPU-11111111-2222-3333-4444-555555555555"

@@ -23,7 +23,7 @@ from accelmon.analytics import persist
 from accelmon.config import ExporterConfig, parse
 from accelmon.daemon import housekeeping
 from accelmon.daemon.state import DaemonState
-from accelmon.exporter.prometheus_server import parse_samples
+from accelmon.demo.prometheus import parse_samples
 from accelmon.exporter.server import MetricsApp
 from accelmon.report.cli import generate, render
 from accelmon.report.plan import run_plan

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from accelmon.analytics import actions
 
+from accelmon.analytics import actions
 from accelmon.config import parse
 from accelmon.report.cli import generate
 from accelmon.report.plan import run_plan

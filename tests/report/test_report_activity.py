@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from accelmon.analytics.profiles import GIB
 
+from accelmon.analytics.profiles import GIB
 from accelmon.config import parse
 from accelmon.report.cli import run_report
 from accelmon.store.writer import Store

@@ -123,11 +123,11 @@ def test_quarantine_and_repair_never_touch_another_shard(tmp_path: Path) -> None
     res = check.check(a)
     assert [(x.shard, x.path) for x in res.bad_files] == [("vc-b", bad)]
     assert "shard=vc-b" in str(res.bad_files[0].shown(a))
-    fixed = check.repair(a, res)
+    fixed = a.repair(res)
     assert fixed.quarantined == [] and [x.path for x in fixed.not_own] == [bad] and bad.exists()
     with pytest.raises(StoreError, match="belongs to shard vc-b"):
         check.quarantine(a, res.bad_files[0])
-    fixed = check.repair(b)
+    fixed = b.repair()
     assert fixed.quarantined == [tmp_path / "quarantine" / "tables" / "gpu_sample" / "shard=vc-b" / "date=2026-11-25"
                                  / bad.name]
     assert check.check(a).ok

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from accelmon.collector.vcenter.source import VCenterSource
 
+from accelmon.collector.vcenter.source import VCenterSource
 from accelmon.config import VCenterConfig
 from accelmon.sim.vcsim import Vcsim
 from accelmon.store.writer import Store

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from accelmon.collector.vcenter.source import VCenterSource
 
+from accelmon.collector.vcenter.source import VCenterSource
 from accelmon.sim.vcsim import Vcsim
 from accelmon.store.writer import Store
 

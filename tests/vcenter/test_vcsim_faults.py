@@ -8,6 +8,7 @@ import ssl
 import time
 
 import pytest
+
 from accelmon.collector.vcenter import stunlog
 from accelmon.collector.vcenter.session import (
     VCenterAuthError,
@@ -16,7 +17,6 @@ from accelmon.collector.vcenter.session import (
     VCenterUnavailable,
 )
 from accelmon.collector.vcenter.source import VCenterSource
-
 from accelmon.errors import UserError
 from accelmon.sim.vcsim import Vcsim
 from accelmon.store.writer import Store

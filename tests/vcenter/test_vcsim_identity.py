@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from accelmon.collector.vcenter.source import VCenterSource
-
 from accelmon.demo.estate import plan_agents
 from accelmon.identity import PCI_SLOT, match_vm_rows
 from accelmon.sim.nvml import SimNVML

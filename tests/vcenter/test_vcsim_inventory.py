@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from accelmon.collector.vcenter.session import VCenterSession
-from accelmon.collector.vcenter.source import VCenterSource
 from pyVim.task import WaitForTask
 
+from accelmon.collector.vcenter.session import VCenterSession
+from accelmon.collector.vcenter.source import VCenterSource
 from accelmon.sim.vcsim import Vcsim
 from accelmon.store.writer import Store
 

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from accelmon.collector.vcenter.source import VCenterSource
 from accelmon.collector.vcenter.state import state_path
-
 from accelmon.sim.vcsim import Vcsim
 from accelmon.store.writer import Store
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from accelmon.collector.vcenter.vgpu import GIB, fb_bytes, parse_profile
 
 

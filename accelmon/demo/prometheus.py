@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -228,6 +230,4 @@ def check_metrics(text: bytes | str) -> tuple[int, str]:
 
 def parse_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
     """(sample name, labels, value) for every sample of an exposition."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     return [(s.name, dict(s.labels), float(s.value)) for f in text_string_to_metric_families(text) for s in f.samples]
