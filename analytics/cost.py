@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
+
 from accelmon.analytics.db import frame
 from accelmon.analytics.profiles import GIB, ProfileTable, parse_profile_name
 from accelmon.analytics.savings import HOURS_PER_MONTH

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+
 from accelmon.analytics.sample_units import VALUE_COLS, Arrays, sort_unit
 
 ALLOC_FB_BYTES = 1 << 30
@@ -48,7 +49,8 @@ class Ctx:
     def key(self, sid: np.ndarray, t: np.ndarray) -> np.ndarray:
         if self.bucket_ms is None:
             return sid
-        return sid * self.nbk + (t - self.start_ms) // self.bucket_ms
+        key: np.ndarray = sid * self.nbk + (t - self.start_ms) // self.bucket_ms
+        return key
 
     def counted(self, t: np.ndarray) -> np.ndarray | None:
         return None if self.count_from_ms is None else t >= self.count_from_ms

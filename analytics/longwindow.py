@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
+
 from accelmon.analytics import rollup, utilization
 from accelmon.analytics.activity import FB_BIN_BYTES
 from accelmon.analytics.db import frame
 from accelmon.analytics.samples import aggregate
 from accelmon.analytics.window import Window
-
 from accelmon.store.writer import Store
 
 MS = dt.timedelta(milliseconds=1)

@@ -29,7 +29,6 @@ from accelmon.analytics import findings as findings_mod
 from accelmon.analytics.analyze import Analysis, analyze
 from accelmon.analytics.samples import data_range
 from accelmon.analytics.window import resolve_window
-
 from accelmon.store.writer import Store
 
 PLAN_TABLE = "plan_action"

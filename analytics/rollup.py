@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+
 from accelmon.analytics.samples import aggregate
 from accelmon.analytics.utilization import GAP_DQ, median_dq
-
 from accelmon.store.writer import EPOCH_PARTITION, Store
 
 HOUR_MS = 3_600_000

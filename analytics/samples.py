@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+
 from accelmon.analytics.intervals import (
     AGG_SCHEMA,
     ALLOC_FB_BYTES,
@@ -43,7 +44,6 @@ from accelmon.analytics.intervals import (
     _stitch,
 )
 from accelmon.analytics.sample_units import COLUMNS, Ids, Unit, data_range, gather, list_units, read_unit
-
 from accelmon.store.writer import Store
 
 __all__ = ["AGG_SCHEMA", "ALLOC_FB_BYTES", "COLUMNS", "HEAT_SCHEMA", "LN_DQ", "NBINS", "STAT_SCHEMA",

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
 from accelmon.analytics import longwindow
 from accelmon.analytics.window import Window
-
 from accelmon.store.schema import table
 from accelmon.store.writer import Store, write_parquet
 

@@ -24,9 +24,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from accelmon.collector.promtext import parse
 from prometheus_client.parser import text_string_to_metric_families
 
+from accelmon.collector.promtext import parse
 from accelmon.exposition import FastFamily, reference, render
 from accelmon.sim.clock import ManualClock
 from accelmon.sim.exporters import DCGM_PROF_FIELDS, dcgm_exporter_text

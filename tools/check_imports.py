@@ -33,13 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # installed module prefix -> source folder (pyproject.toml [tool.setuptools] package-dir)
 PACKAGE_DIRS = {"accelmon": ROOT / "accelmon", "accelmon/collector": ROOT / "collector",
                 "accelmon/analytics": ROOT / "analytics"}
-# Type-only cycles (imports under ``if TYPE_CHECKING``) still tracked: the simulator's device
-# classes live in sim/nvml.py, which gpm.py and ring.py annotate with. The prom branch splits
-# sim/nvml.py (issue 16); delete these entries once its split leaves no cycle (this script says so).
-KNOWN_CYCLES = {
-    frozenset({"accelmon.sim.gpm", "accelmon.sim.nvml"}),
-    frozenset({"accelmon.sim.nvml", "accelmon.sim.ring"}),
-}
+# Import cycles still tracked (listed here, reported as known). None: the sim/nvml.py split
+# (nvml_*.py) removed the last type-only ones; an entry is a frozenset of the cycle's modules.
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 LAZY_MARK = "# lazy:"

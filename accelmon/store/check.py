@@ -26,8 +26,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from accelmon.store.fsutil import fsync_dir
 from accelmon.store.errors import StoreError
+from accelmon.store.fsutil import fsync_dir
 from accelmon.store.layout import Layout, leftover_links, remove_leftover_links
 from accelmon.store.schema import TABLES
 

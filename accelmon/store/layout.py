@@ -70,20 +70,22 @@ class Layout:
         if self._writer_ready:
             return
         with self._tlock:
-            if self._writer_ready:
-                return
-            if not self.writable:
-                raise StoreError(f"{self.root}: data dir is not writable")
-            shardmod.claim(self)
-            for name in TABLES:
-                if shardmod.legacy_partitions(self.root, name):
-                    with self._flock(name, "compact", fcntl.LOCK_EX), self._flock(name, "append", fcntl.LOCK_EX):
-                        n = shardmod.migrate_legacy(self, name)
-                    log.info("%s: moved %d partition(s) of the unsharded layout into shard %s", name, n, self.shard)
-            for link in remove_leftover_links(self):  # a kill inside a partition swap (docs/store.md)
-                log.warning("%s: removed the leftover of an interrupted partition swap", link)
-            self._writer_ready = True
+            if not self._writer_ready:  # another thread may have done it while this one waited
+                self._prepare_writer_locked()
         self.ensure_epoch_files()
+
+    def _prepare_writer_locked(self) -> None:
+        if not self.writable:
+            raise StoreError(f"{self.root}: data dir is not writable")
+        shardmod.claim(self)
+        for name in TABLES:
+            if shardmod.legacy_partitions(self.root, name):
+                with self._flock(name, "compact", fcntl.LOCK_EX), self._flock(name, "append", fcntl.LOCK_EX):
+                    n = shardmod.migrate_legacy(self, name)
+                log.info("%s: moved %d partition(s) of the unsharded layout into shard %s", name, n, self.shard)
+        for link in remove_leftover_links(self):  # a kill inside a partition swap (docs/store.md)
+            log.warning("%s: removed the leftover of an interrupted partition swap", link)
+        self._writer_ready = True
 
     def ensure_epoch_files(self, tables: Iterable[str] | None = None) -> None:
         """Every table keeps one (empty) file in the 1970-01-01 partition of this shard, so its view

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pynvml import NVMLError
+
 from accelmon.collector.agent.gpm import GpmReader
 from accelmon.collector.agent.gpu_base import log
 from accelmon.collector.agent.gpu_identity import read_identity
@@ -33,7 +35,6 @@ from accelmon.collector.agent.gpu_types import (
     _NoPermission,
     _Unsupported,
 )
-from pynvml import NVMLError
 
 __all__ = [
     "MAX_PROCESSES",

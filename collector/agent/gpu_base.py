@@ -9,6 +9,8 @@ import logging
 import time
 from typing import Any
 
+from pynvml import NVMLError
+
 from accelmon.collector.agent import nvmlerr
 from accelmon.collector.agent.gpm import GpmReader
 from accelmon.collector.agent.gpu_types import (
@@ -24,7 +26,6 @@ from accelmon.collector.agent.gpu_types import (
     _NoPermission,
     _Unsupported,
 )
-from pynvml import NVMLError
 
 log = logging.getLogger("accelmon.agent")
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from pynvml import NVMLError
+
 from accelmon.collector.agent import nvmlerr
 from accelmon.collector.agent.gpu_types import VIRT_MODES, GpuDown, GpuIdentity
 from accelmon.collector.agent.identity import pci_numa_node
-from pynvml import NVMLError
 
 
 def _opt(nv: Any, fname: str, *args: Any) -> Any:

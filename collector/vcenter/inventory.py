@@ -33,7 +33,6 @@ from accelmon.collector.vcenter.inv_model import Model, _strip_ts
 from accelmon.collector.vcenter.inv_props import CFM_PROPS, TYPES_PROPS, VM_PROPS, norm_pci
 from accelmon.collector.vcenter.session import VCenterSession
 from accelmon.collector.vcenter.vgpu import GIB
-from pyVmomi import vim, vmodl
 
 log = logging.getLogger(__name__)
 

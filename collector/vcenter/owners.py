@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from accelmon.collector.vcenter.inv_model import Model
-
 from accelmon.owners_config import MappingRule, OwnersConfig
 
 FIELDS = ("owner", "team", "cost_center", "email")

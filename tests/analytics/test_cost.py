@@ -8,11 +8,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
 from accelmon.analytics import cost
 from accelmon.analytics.analyze import analyze
 from accelmon.analytics.consolidation import Plan
 from accelmon.analytics.window import Window
-
 from accelmon.config import ConfigError, parse
 from accelmon.report import costhtml, jsonout
 from accelmon.store.writer import Store

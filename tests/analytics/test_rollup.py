@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from accelmon.analytics import rollup
 from accelmon.analytics.analyze import analyze
 from accelmon.analytics.window import Window
-
 from accelmon.config import ThresholdsConfig
 from accelmon.store.writer import Store
 

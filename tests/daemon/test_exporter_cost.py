@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 from accelmon.analytics.persist import idle_cost_rows
 from accelmon.analytics.window import Window
-
 from accelmon.daemon import housekeeping
 from accelmon.daemon.state import DaemonState
 from accelmon.store import Store

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from accelmon import exposition
 from accelmon.collector.agent.agent import Agent
 from accelmon.collector.agent.identity import VmIdentity, swap_uuid_bytes
 from accelmon.collector.agent.metrics import ProcessStats, make_registry, render, render_reference
-
-from accelmon import exposition
 from accelmon.config import ExporterConfig
 from accelmon.daemon.state import DaemonState, Snapshot
 from accelmon.demo.prometheus import check_metrics

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from accelmon.analytics import persist
 
+from accelmon.analytics import persist
 from accelmon.config import ExporterConfig, parse
 from accelmon.daemon import housekeeping
 from accelmon.daemon.state import DaemonState

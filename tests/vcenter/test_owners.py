@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from accelmon.collector.vcenter.source import VCenterSource
 
 from accelmon.cli import main
+from accelmon.collector.vcenter.source import VCenterSource
 from accelmon.config import ConfigError, ExporterConfig, parse
 from accelmon.daemon.state import DaemonState
 from accelmon.exporter.server import MetricsApp
