@@ -18,6 +18,7 @@ import typer
 from accelmon import __version__
 from accelmon.config import DEFAULT_CONFIG_NAME, Config, ConfigError, load
 from accelmon.errors import UserError
+from accelmon.spark.cli import spark_app
 
 app = typer.Typer(
     name="accelmon",
@@ -327,6 +328,7 @@ def compact(
 store_app = typer.Typer(help="Check and repair the store (unreadable files, leftovers of a kill).",
                         no_args_is_help=True)
 app.add_typer(store_app, name="store")
+app.add_typer(spark_app, name="spark")  # accelmon/spark/cli.py: pyspark is imported only when a spark verb runs
 
 
 @store_app.command("check")
