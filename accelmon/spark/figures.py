@@ -39,7 +39,7 @@ def series_stats(s: DataFrame) -> DataFrame:
 
 def gpu_metrics(s: DataFrame) -> DataFrame:
     """``s``: samples in the window (:func:`accelmon.spark.intervals.samples_in`). One row per GPU id."""
-    iv = util_intervals(s)
+    iv = util_intervals(s).cache()  # read by four aggregations below
     good = iv.where(~F.col("gap"))
     idle = F.col("bin") == 0
     m = good.groupBy(*SERIES).agg(
@@ -100,7 +100,7 @@ def gpu_metrics(s: DataFrame) -> DataFrame:
 
 def gpu_activity(s: DataFrame) -> DataFrame:
     """Effective utilization per GPU id (analytics/activity.py ``gpu_activity``); GPUs without activity absent."""
-    iv = activity_intervals(s)
+    iv = activity_intervals(s).cache()
     per = iv.groupBy(*SERIES).agg(
         *[F.sum(f"{k}_cov").alias(f"{k}_cov_ms") for k in ("sm", "tensor", "dram")],
         *[F.sum(f"{k}_act").alias(f"{k}_active_ms") for k in ("sm", "tensor", "dram")],

@@ -72,7 +72,7 @@ def run(command: str, *, data_dir: Path, master: str, config: Path | None = None
               file=out)
         return 0
     a = verdict.analyze(spark, root, samples_in(gs, w.start_ms, w.end_ms), w, verdict.thresholds_of(cfg.thresholds),
-                        now=now)
+                        now=now, store=None if tables_url else store)
     if a.rows:
         store.append("findings", a.rows)
     kinds = {k: sum(r["kind"] == k for r in a.rows) for k in verdict.GPU_KINDS}

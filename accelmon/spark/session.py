@@ -36,6 +36,7 @@ def build_session(master: str = "local[2]", app_name: str = "accelmon", conf: di
     base = {
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
         "spark.sql.shuffle.partitions": "8",
         # Parquet TIMESTAMP(MILLIS, UTC) columns read as instants
         "spark.sql.parquet.int96RebaseModeInRead": "CORRECTED",
@@ -44,7 +45,9 @@ def build_session(master: str = "local[2]", app_name: str = "accelmon", conf: di
     for k, v in {**base, **(conf or {})}.items():
         b = b.config(k, v)
     try:
-        return b.getOrCreate()
+        spark = b.getOrCreate()
+        spark.sparkContext.setLogLevel("ERROR")
+        return spark
     except Exception as e:  # noqa: BLE001 - no Java, bad master URL: one line, no JVM traceback
         raise UserError(f"spark: cannot start a Spark session on {master!r}: {str(e).splitlines()[0][:300]}") from None
 

@@ -27,6 +27,7 @@ from accelmon.analytics.window import Window
 from accelmon.spark.figures import ACTIVITY_SCHEMA, gpu_activity, gpu_metrics, to_polars
 from accelmon.spark.session import read_table
 from accelmon.store.catalog import VIEWS
+from accelmon.store.writer import Store
 
 INVENTORY_TABLES = ("inv_vcenter", "inv_host", "inv_vm", "inv_vm_gpu", "agent_gpu")
 DRIVER_VIEWS = ("hosts", "vms", "vm_gpu")
@@ -42,17 +43,21 @@ class SparkAnalysis:
     rows: list[dict[str, Any]]  # findings rows of the GPU verdicts
 
 
-def _naive_ms(t: pa.Table) -> pa.Table:
-    """Timestamps as naive UTC milliseconds, as the store's DuckDB views show them."""
-    cols = [c.cast(pa.timestamp("ms")) if pa.types.is_timestamp(c.type) else c for c in t.columns]
+def _naive_ts(t: pa.Table) -> pa.Table:
+    """Timestamps as naive UTC TIMESTAMP (microseconds), as the store's DuckDB views show them."""
+    cols = [c.cast(pa.timestamp("us")) if pa.types.is_timestamp(c.type) else c for c in t.columns]
     return pa.table(cols, names=t.column_names)
 
 
-def inventory_connection(spark: Any, root: str) -> Any:
-    """In-memory DuckDB with the inventory tables (read by Spark) and the store's views over them."""
+def inventory_connection(spark: Any, root: str, store: Store | None = None) -> Any:
+    """In-memory DuckDB with the inventory tables and the store's views over them: the store's own
+    connection when the driver has the store root (``store``), else the tables read by Spark from
+    ``root`` (HDFS, S3) and handed over as Arrow."""
+    if store is not None:
+        return store.connect()
     con = duckdb.connect(":memory:")
     for name in INVENTORY_TABLES:
-        con.register(f"_{name}", _naive_ms(read_table(spark, root, name).toArrow()))
+        con.register(f"_{name}", _naive_ts(read_table(spark, root, name).toArrow()))
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}")
     for name in DRIVER_VIEWS:
         con.execute(f"CREATE VIEW {name} AS {VIEWS[name][1]}")
@@ -68,15 +73,16 @@ def thresholds_of(cfg_thresholds: Any) -> dict[str, float]:
 
 
 def analyze(spark: Any, root: str, samples: Any, window: Window, th: dict[str, float],
-            now: dt.datetime | None = None) -> SparkAnalysis:
-    """``samples``: gpu_sample rows in the window (:func:`accelmon.spark.intervals.samples_in`)."""
+            now: dt.datetime | None = None, store: Store | None = None) -> SparkAnalysis:
+    """``samples``: gpu_sample rows in the window (:func:`accelmon.spark.intervals.samples_in`);
+    ``store``: the store when the driver has its root (inventory read by DuckDB, else by Spark)."""
     samples = samples.cache()
     metrics = to_polars(gpu_metrics(samples))
     act = to_polars(gpu_activity(samples), ACTIVITY_SCHEMA)
     samples.unpersist()
     if act.height == 0:
         act = pl.DataFrame(schema=ACTIVITY_SCHEMA)
-    con = inventory_connection(spark, root)
+    con = inventory_connection(spark, root, store)
     gmap = identity.gpu_vm_map(con, metrics.select("gpu", "vm_bios_uuid"))
     gpus = verdict.judge(
         metrics, verdict.UtilThresholds(th["underutilized_percent"], th["min_coverage_ratio"],
