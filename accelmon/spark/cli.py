@@ -25,9 +25,9 @@ TablesUrl = Annotated[str | None, typer.Option("--tables-url", help="Read the ta
                                                "data dir (s3a://bucket/accelmon, hdfs://…: the same files).")]
 
 
-def _root_params() -> dict[str, Any]:
-    ctx = typer.get_current_context().find_root()
-    return dict(ctx.params)
+def _root_params(ctx: typer.Context) -> dict[str, Any]:
+    """The global options (--data-dir, --config) given to ``accelmon`` itself."""
+    return dict(ctx.find_root().params)
 
 
 def _when(v: str | None, opt: str) -> dt.datetime | None:
@@ -40,11 +40,11 @@ def _when(v: str | None, opt: str) -> dt.datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
-def _run(command: str, master: str, since: str | None, from_: str | None, to: str | None,
+def _run(ctx: typer.Context, command: str, master: str, since: str | None, from_: str | None, to: str | None,
          tables_url: str | None) -> None:
     if since is not None and (from_ or to):
         raise UserError("--since cannot be combined with --from/--to")
-    p = _root_params()
+    p = _root_params(ctx)
     data_dir = p.get("data_dir") or Path(os.environ.get("ACCELMON_DATA_DIR", "./accelmon-data"))
     from accelmon.spark.session import require_pyspark
 
@@ -55,14 +55,14 @@ def _run(command: str, master: str, since: str | None, from_: str | None, to: st
 
 
 @spark_app.command()
-def rollup(master: Master = "local[2]", since: Since = None, from_: From = None, to: To = None,
+def rollup(ctx: typer.Context, master: Master = "local[2]", since: Since = None, from_: From = None, to: To = None,
            tables_url: TablesUrl = None) -> None:
     """Write hourly per-GPU rollups (gpu_rollup_hour) for the window's hours; re-running replaces them."""
-    _run("rollup", master, since, from_, to, tables_url)
+    _run(ctx, "rollup", master, since, from_, to, tables_url)
 
 
 @spark_app.command()
-def report(master: Master = "local[2]", since: Since = None, from_: From = None, to: To = None,
+def report(ctx: typer.Context, master: Master = "local[2]", since: Since = None, from_: From = None, to: To = None,
            tables_url: TablesUrl = None) -> None:
     """Per-GPU figures and the underutilized / hollow / insufficient-data findings, stored with a run id."""
-    _run("report", master, since, from_, to, tables_url)
+    _run(ctx, "report", master, since, from_, to, tables_url)
