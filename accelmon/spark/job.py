@@ -56,10 +56,11 @@ def window_of(spark: Any, gpu_sample: Any, since: str | None, from_: dt.datetime
 def run(command: str, *, data_dir: Path, master: str, config: Path | None = None, since: str | None = None,
         from_: dt.datetime | None = None, to: dt.datetime | None = None, tables_url: str | None = None,
         conf: dict[str, str] | None = None, spark: Any = None, now: dt.datetime | None = None,
-        out: Any = sys.stdout) -> int:
+        out: Any = None) -> int:
     """Run ``report`` or ``rollup``; ``spark``: an existing session (tests), else one on ``master``."""
     if command not in ("report", "rollup"):
         raise UserError(f"spark: unknown command {command!r} (rollup or report)")
+    out = out if out is not None else sys.stdout  # looked up per call (a test runner swaps sys.stdout)
     cfg = load(config)
     store = Store(data_dir, gc_grace_seconds=cfg.retention.gc_grace)
     root = tables_url or str(store.root)

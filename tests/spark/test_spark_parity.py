@@ -174,7 +174,7 @@ def test_rollups_sum_to_window_figures_and_rerun_replaces(store: Store, spark: A
                          to=WINDOW.end + dt.timedelta(hours=1), spark=spark, out=out)
         assert rc == 0
         con = store.connect()
-        n, distinct = con.sql("SELECT count(*), count(DISTINCT (gpu_uuid, source, hour_start)) "
+        n, distinct = con.execute("SELECT count(*), count(DISTINCT (gpu_uuid, source, hour_start)) "
                               "FROM gpu_rollup_hour").fetchone()  # type: ignore[misc]
         assert n == distinct > 0
     r = pl.from_arrow(con.sql("""
