@@ -167,16 +167,19 @@ def test_latest_findings_view_sees_the_spark_run(store: Store, spark_report: tup
 
 
 def test_rollups_sum_to_window_figures_and_rerun_replaces(store: Store, spark: Any, duck: pl.DataFrame) -> None:
-    for _ in range(2):  # a re-run replaces the hours: same rows, no duplicates
-        # to: one hour past the window, so the hour holding the window's last instant is complete
+    # the window, then one hour of it again: a re-run replaces its hours (same rows, no duplicates)
+    again = (WINDOW.start + dt.timedelta(hours=25), WINDOW.start + dt.timedelta(hours=26))
+    counts = []
+    for a, b in ((WINDOW.start, WINDOW.end + dt.timedelta(hours=1)), again):
+        # the first run goes one hour past the window, so the hour holding its last instant is complete
         with open(os.devnull, "w") as out:
-            rc = job.run("rollup", data_dir=store.root, master="local[2]", from_=WINDOW.start,
-                         to=WINDOW.end + dt.timedelta(hours=1), spark=spark, out=out)
-        assert rc == 0
+            assert job.run("rollup", data_dir=store.root, master="local[2]", from_=a, to=b, spark=spark, out=out) == 0
         con = store.connect()
         n, distinct = con.execute("SELECT count(*), count(DISTINCT (gpu_uuid, source, hour_start)) "
-                              "FROM gpu_rollup_hour").fetchone()  # type: ignore[misc]
+                                  "FROM gpu_rollup_hour").fetchall()[0]
         assert n == distinct > 0
+        counts.append(n)
+    assert counts[0] == counts[1]
     r = pl.from_arrow(con.sql("""
         SELECT gpu_uuid AS gpu, source, sum(busy_s) AS busy_s, sum(covered_s) AS covered_s, sum(energy_j) AS e,
                sum(sm_active_s) AS sm_s, sum(activity_covered_s) AS act_s, sum(samples) AS samples,
