@@ -19,6 +19,7 @@ from accelmon import __version__
 from accelmon.collector.agent.main import NVML, run_agent
 from accelmon.config import DEFAULT_CONFIG_NAME, Config, ConfigError, load, parse_duration
 from accelmon.errors import UserError
+from accelmon.spark.cli import spark_app
 
 if TYPE_CHECKING:
     from accelmon.store import Store
@@ -382,6 +383,7 @@ def rollup(
 store_app = typer.Typer(help="Check and repair the store (unreadable files, leftovers of a kill).",
                         no_args_is_help=True)
 app.add_typer(store_app, name="store")
+app.add_typer(spark_app, name="spark")  # accelmon/spark/cli.py: pyspark is imported only when a spark verb runs
 
 
 @store_app.command("check")

@@ -155,7 +155,8 @@ def read_unit(u: Unit, ids: Ids, start_ms: int, end_ms: int) -> Arrays | None:
             col = pc.fill_null(col, 0)
         else:
             valid[c] = np.ones(n, bool)
-        vals[c] = col.to_numpy().astype(np.int64, copy=False)
+        # util_percent is a FLOAT gauge (a 7.5 % reading is 7.5, not 7); the rest are integer counters/gauges
+        vals[c] = col.to_numpy().astype(np.float64 if c == "util_percent" else np.int64, copy=False)
     bios = np.full(n, -1, np.int64)
     if "vm_bios_uuid" in tb.column_names:
         bc = _dict(tb.column("vm_bios_uuid"))
