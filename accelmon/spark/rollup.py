@@ -51,6 +51,7 @@ def rollups(gpu_sample: DataFrame, start_ms: int, end_ms: int, lookback_s: float
         F.max("fb_used_bytes").cast("long").alias("fb_used_max_bytes"),
         F.max("fb_total_bytes").cast("long").alias("fb_total_bytes"),
         F.max_by("vm_bios_uuid", F.when(F.col("vm_bios_uuid").isNotNull(), F.col("t"))).alias("vm_bios_uuid"),
+        F.min("t").alias("first_ms"), F.max("t").alias("last_ms"),
     )
     iv = util_intervals(s).where(in_range).withColumn("hour_ms", _hour())
     ok = ~F.col("gap") & (F.col("bin") >= 0)
@@ -59,6 +60,15 @@ def rollups(gpu_sample: DataFrame, start_ms: int, end_ms: int, lookback_s: float
         F.sum(F.when(ok, F.col("cov"))).alias("cov_ms"),
         F.sum(F.when(~F.col("gap"), F.col("e_ctr") + F.col("e_pow")).otherwise(F.col("e_ctr"))).alias("e_mj"),
         F.max(F.col("e_known").cast("int")).alias("e_known"),
+        # the columns the DuckDB rollup carries for the report's long-window path (accelmon/store/schema.py)
+        F.sum(F.when(ok & (F.col("bin") == 0), F.col("cov"))).alias("zero_ms"),
+        F.sum(F.when(~F.col("gap") & (F.col("bin") == 0), F.col("e_ctr") + F.col("e_pow"))).alias("idle_e_mj"),
+        F.sum(F.when(~F.col("gap"), F.col("alloc") - F.col("alloc_busy"))).alias("alloc_idle_ms"),
+        F.sum(F.when(F.col("gap"), F.col("dt"))).alias("gap_ms"),
+        F.sum(F.when(F.col("gap"), F.col("e_ctr"))).alias("gap_e_mj"),
+        F.count(F.when(~F.col("gap"), 1)).alias("intervals"),
+        F.count(F.when(~F.col("gap") & F.col("held"), 1)).alias("held_intervals"),
+        F.sum(F.when(~F.col("gap"), F.col("dt"))).alias("dt_ms"),
     )
     a = activity_intervals(s).where(in_range).withColumn("hour_ms", _hour()).groupBy(*keys).agg(
         F.sum("sm_act").alias("sm_ms"), F.sum("tensor_act").alias("tensor_ms"), F.sum("dram_act").alias("dram_ms"),
@@ -75,13 +85,24 @@ def rollups(gpu_sample: DataFrame, start_ms: int, end_ms: int, lookback_s: float
         (F.col("tensor_ms") / 1000.0).alias("tensor_active_s"),
         (F.col("dram_ms") / 1000.0).alias("dram_active_s"),
         (F.col("act_cov_ms") / 1000.0).alias("activity_covered_s"),
+        (F.coalesce(F.col("zero_ms"), F.lit(0.0)) / 1000.0).alias("idle_full_s"),
+        F.when(F.col("e_known") == 1, F.coalesce(F.col("idle_e_mj"), F.lit(0.0)) / 1000.0).alias("idle_full_energy_j"),
+        (F.coalesce(F.col("alloc_idle_ms"), F.lit(0.0)) / 1000.0).alias("alloc_idle_s"),
+        (F.coalesce(F.col("gap_ms"), F.lit(0.0)) / 1000.0).alias("gap_s"),
+        F.when(F.col("gap_e_mj") > 0, F.col("gap_e_mj") / 1000.0).alias("gap_energy_j"),
+        F.coalesce(F.col("intervals"), F.lit(0)).cast("int").alias("intervals"),
+        F.coalesce(F.col("held_intervals"), F.lit(0)).cast("int").alias("held_intervals"),
+        (F.coalesce(F.col("dt_ms"), F.lit(0.0)) / 1000.0).alias("interval_s"),
+        "first_ms", "last_ms",
     )
 
 
 def to_store_rows(df: DataFrame) -> pl.DataFrame:
     """Collect rollup rows (per day: hundreds of thousands at most) in the store's column order."""
     p: pl.DataFrame = pl.from_arrow(df.toArrow())  # type: ignore[assignment]
-    p = p.with_columns(hour_start=pl.from_epoch(pl.col("hour_ms"), time_unit="ms").dt.replace_time_zone("UTC"))
+    p = p.with_columns(
+        *(pl.from_epoch(pl.col(c), time_unit="ms").dt.replace_time_zone("UTC").alias(n)
+          for c, n in (("hour_ms", "hour_start"), ("first_ms", "first_ts"), ("last_ms", "last_ts"))))
     return p.select(table("gpu_rollup_hour").column_names)
 
 
