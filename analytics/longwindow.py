@@ -204,6 +204,8 @@ class _Pass:
         self.arr: dict[str, np.ndarray] = {}
         self.nfb = 0
         self.fbins: dict[int, int] = {}  # framebuffer bin → column of fb_n/fb_rows
+        self._buf: dict[str, list[tuple[np.ndarray, ...]]] = {"fb": [], "ubin": [], "heat": []}
+        self._rows = 0
         self._lut_key: tuple[Any, ...] | None = None
         self._lut = np.empty(0, np.int64)
 
@@ -268,31 +270,49 @@ class _Pass:
             fbd = np.where(fb >= 0, lut[np.maximum(fb, 0) // FB_BIN_BYTES], -1)
         self._grow(len(self.keys), len(self.fbins))
         n, a = len(self.keys), self.arr
+        # a day file is sorted by series: each series' rows are one run, reduced in place (reduceat);
+        # otherwise per row (bincount, ufunc.at)
+        starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+        ss = sid[starts]
+        runs = bool(np.bincount(ss, minlength=1).max() <= 1)
+
+        def add_sum(out: str, v: np.ndarray) -> None:
+            if runs:
+                a[out][ss] += np.add.reduceat(v, starts)
+            else:
+                a[out][:n] += np.bincount(sid, weights=v, minlength=n)
+
+        def fold(uf: np.ufunc, out: np.ndarray, v: np.ndarray) -> None:
+            if runs:
+                out[ss] = uf(out[ss], uf.reduceat(v, starts))
+            else:
+                uf.at(out, sid, v)
+
         for out, col, _ in _SUM_COLS:
             if col in tb.column_names:
-                a[out][:n] += np.bincount(sid, weights=_f64(tb.column(col)), minlength=n)
-        a["hours"][:n] += np.bincount(sid, minlength=n)
-        np.minimum.at(a["first"], sid, _i64(tb.column("first_ts")))
+                add_sum(out, _f64(tb.column(col)))
+        if runs:
+            a["hours"][ss] += np.diff(np.r_[starts, len(sid)])
+        else:
+            a["hours"][:n] += np.bincount(sid, minlength=n)
+        fold(np.minimum, a["first"], _i64(tb.column("first_ts")))
         last = _i64(tb.column("last_ts"))
-        np.maximum.at(a["last"], sid, last)
+        fold(np.maximum, a["last"], last)
         if fb is not None:
-            np.maximum.at(a["fb_max"], sid, fb)
             assert fbd is not None
+            fold(np.maximum, a["fb_max"], fb)
             has = fbd >= 0
-            k = sid[has] * self.nfb + fbd[has]
-            size = n * self.nfb
-            a["fb_n"].reshape(-1)[:size] += np.bincount(k, weights=_f64(tb.column("samples"))[has],
-                                                        minlength=size).astype(np.int64)
-            a["fb_rows"].reshape(-1)[:size] += np.bincount(k, minlength=size)
+            smp = _i64(tb.column("samples"))
+            self._buf["fb"].append((sid, fbd, smp) if has.all() else (sid[has], fbd[has], smp[has]))
         if "fb_total_bytes" in tb.column_names:
-            np.maximum.at(a["fb_total"], sid, _i64(tb.column("fb_total_bytes"), -1))
+            fold(np.maximum, a["fb_total"], _i64(tb.column("fb_total_bytes"), -1))
         if "vm_bios_uuid" in tb.column_names and tb.column("vm_bios_uuid").null_count < tb.num_rows:
             vcol = tb.column("vm_bios_uuid").combine_chunks()
             valid = vcol.is_valid().to_numpy(zero_copy_only=False)
             vd, vi = _dict_indices(pa.chunked_array([vcol]))
             vglob = self.vms.map(vd)
             ts = np.full(n, _I64_MIN, np.int64)
-            np.maximum.at(ts, sid[valid], last[valid])
+            fold(np.maximum, ts, np.where(valid, last, _I64_MIN))
             best = valid & (last == ts[sid])
             vm = np.full(n, -1, np.int64)
             vm[sid[best]] = vglob[vi[best]]
@@ -302,16 +322,37 @@ class _Pass:
         cov, busy = _f64(tb.column("covered_s")), _f64(tb.column("busy_s"))
         pos = cov > 0
         ub = np.where(busy == 0, 0, np.minimum(np.floor(100 * busy / np.where(pos, cov, 1)), 100).astype(np.int64) + 1)
-        size = n * 102
-        a["ubin"].reshape(-1)[:size] += np.bincount(sid[pos] * 102 + ub[pos], weights=cov[pos], minlength=size)
         c = (hs - self.start_ms) // self.cell_ms
-        c0, c1 = int(c.min()), int(c.max()) + 1
-        if c0 < 0 or c1 > self.ncell:
+        if c.min() < 0 or c.max() >= self.ncell:
             raise _NotFast("heat cell out of range")
-        w = c1 - c0
-        hk = sid[pos] * w + (c[pos] - c0)
-        a["heat_busy"][:n, c0:c1] += np.bincount(hk, weights=busy[pos], minlength=n * w).reshape(n, w)
-        a["heat_cov"][:n, c0:c1] += np.bincount(hk, weights=cov[pos], minlength=n * w).reshape(n, w)
+        if not pos.all():
+            sid, ub, c, busy, cov = sid[pos], ub[pos], c[pos], busy[pos], cov[pos]
+        self._buf["ubin"].append((sid, ub, cov))
+        self._buf["heat"].append((sid, c, busy, cov))
+        self._rows += len(sid)
+        if self._rows >= 4_000_000:
+            self._flush()
+
+    def _flush(self) -> None:
+        """The buffered rows into the bins and cells (one bincount over several files' rows)."""
+        n, a = len(self.keys), self.arr
+        cat = np.concatenate
+        if self._buf["fb"]:
+            sid, col, w = (cat(x) for x in zip(*self._buf["fb"], strict=True))
+            size = n * self.nfb
+            k = sid * self.nfb + col
+            a["fb_n"].reshape(-1)[:size] += np.bincount(k, weights=w, minlength=size).astype(np.int64)
+            a["fb_rows"].reshape(-1)[:size] += np.bincount(k, minlength=size)
+        if self._buf["ubin"]:
+            sid, ub, cov = (cat(x) for x in zip(*self._buf["ubin"], strict=True))
+            a["ubin"].reshape(-1)[:n * 102] += np.bincount(sid * 102 + ub, weights=cov, minlength=n * 102)
+        if self._buf["heat"]:
+            sid, c, busy, cov = (cat(x) for x in zip(*self._buf["heat"], strict=True))
+            k, size = sid * self.ncell + c, n * self.ncell
+            a["heat_busy"].reshape(-1)[:size] += np.bincount(k, weights=busy, minlength=size)
+            a["heat_cov"].reshape(-1)[:size] += np.bincount(k, weights=cov, minlength=size)
+        self._buf = {"fb": [], "ubin": [], "heat": []}
+        self._rows = 0
 
     def run(self, files: list[Path]) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
         from concurrent.futures import ThreadPoolExecutor
@@ -323,6 +364,7 @@ class _Pass:
                 tb = nxt.result()
                 nxt = ex.submit(_read, files[i + 1]) if i + 1 < len(files) else None
                 self.add(tb)
+        self._flush()
         n, a = len(self.keys), self.arr
         self._grow(n, 0)
         gi = np.array([k[0] for k in self.keys], np.int64)
@@ -397,11 +439,13 @@ def _read(path: Path) -> pa.Table:
     import pyarrow.parquet as pq
 
     try:
-        names = set(pq.read_schema(path).names)
+        pf = pq.ParquetFile(path, read_dictionary=["gpu_uuid", "source", "vm_bios_uuid"])
+        names = set(pf.schema_arrow.names)
         if not set(_REQUIRED) <= names:
             raise _NotFast(f"{path}: columns missing")
-        cols = [c for c in (*_REQUIRED, *_OPTIONAL) if c in names]
-        return pq.read_table(path, columns=cols, read_dictionary=["gpu_uuid", "source", "vm_bios_uuid"])
+        tb = pf.read(columns=[c for c in (*_REQUIRED, *_OPTIONAL) if c in names])
+        # one chunk per column (one per row group as read): contiguous numpy views, no copies later
+        return tb.combine_chunks() if any(c.num_chunks > 1 for c in tb.columns) else tb
     except (OSError, pa.ArrowException) as e:
         raise _NotFast(str(e)) from None
 
