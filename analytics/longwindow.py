@@ -111,7 +111,7 @@ def _split(store: Store, con: Any, window: Window, h0: dt.datetime, hr: dt.datet
 def _heat_cell_ms(window: Window) -> int:
     """The heatmap's cell: whole hours, at most ~168 cells over the window."""
     span = max(window.end_ms - window.start_ms, 1)
-    return -(-max(rollup.HOUR_MS, -(-span // 168)) // rollup.HOUR_MS) * rollup.HOUR_MS
+    return int(-(-max(rollup.HOUR_MS, -(-span // 168)) // rollup.HOUR_MS) * rollup.HOUR_MS)
 
 
 def _scan(store: Store, con: Any, window: Window, h0: dt.datetime,
@@ -247,7 +247,8 @@ class _Pass:
                     self.keys.append(k)
                 lut[c] = j
             self._lut_key, self._lut = key, lut
-        return self._lut[combo]
+        sid: np.ndarray = self._lut[combo]
+        return sid
 
     def add(self, tb: pa.Table) -> None:
         if any(tb.column(c).null_count for c in _REQUIRED):
@@ -457,14 +458,16 @@ def _i64(col: pa.ChunkedArray, null: int = 0) -> np.ndarray:
     a = a.cast(pa.int64())
     if a.null_count:
         a = a.fill_null(null)
-    return a.to_numpy(zero_copy_only=False)
+    out: np.ndarray = a.to_numpy(zero_copy_only=False)
+    return out
 
 
 def _f64(col: pa.ChunkedArray) -> np.ndarray:
     a = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     if a.null_count:
         a = a.fill_null(0)
-    return a.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    out: np.ndarray = a.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    return out
 
 
 def _p95(bins: pl.DataFrame) -> pl.DataFrame:
