@@ -2,7 +2,8 @@
 
 Generates ``gpu_rollup_hour`` for GPUS × DAYS × 24 hours (10,000 × 365 ≈ 88 M rows) directly as
 Parquet (numpy/pyarrow, one file per day partition, written with the store's encodings) in a temp
-store, marks the days rolled up in ``state/rollup.json``, then runs the per-GPU figures of the
+store (this process's shard, as the rollup job writes it), marks the days rolled up in
+``state/rollup.<shard>.json``, then runs the per-GPU figures of the
 year window exactly as the report does (``analytics.longwindow.figures``, the rollup path), timed,
 with the peak RSS of the process.
 
