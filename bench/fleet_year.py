@@ -2,7 +2,8 @@
 
 Generates ``gpu_rollup_hour`` for GPUS × DAYS × 24 hours (10,000 × 365 ≈ 88 M rows) directly as
 Parquet (numpy/pyarrow, one file per day partition, written with the store's encodings) in a temp
-store, marks the days rolled up in ``state/rollup.json``, then runs the per-GPU figures of the
+store (this process's shard, as the rollup job writes it), marks the days rolled up in
+``state/rollup.<shard>.json``, then runs the per-GPU figures of the
 year window exactly as the report does (``analytics.longwindow.figures``, the rollup path), timed,
 with the peak RSS of the process.
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import resource
 import shutil
 import tempfile
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from accelmon.analytics import longwindow
+from accelmon.analytics import longwindow, rollup
 from accelmon.analytics.window import Window
 from accelmon.store.schema import table
 from accelmon.store.writer import Store, write_parquet
@@ -47,8 +47,9 @@ def day_table(gpus: list[str], day: int, rng: np.random.Generator, base_util: np
     ts = pa.array(hours, pa.int64()).cast(pa.timestamp("ms", "UTC"))
     gpu_col = pa.DictionaryArray.from_arrays(pa.array(np.repeat(np.arange(g, dtype=np.int32), 24)), pa.array(gpus))
     src = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array(["agent"]))
+    vm = pa.DictionaryArray.from_arrays(gpu_col.indices, pa.array([f"bios-{u[4:]}" for u in gpus]))
     return pa.table({
-        "hour_start": ts, "gpu_uuid": gpu_col, "source": src,
+        "hour_start": ts, "gpu_uuid": gpu_col, "source": src, "vm_bios_uuid": vm,
         "busy_s": busy, "idle_s": cov - busy, "covered_s": cov, "samples": samples,
         "fb_used_max_bytes": (rng.integers(1, 80, n) << 30).astype(np.int64),
         "fb_total_bytes": np.full(n, 80 << 30, np.int64), "energy_j": energy,
@@ -66,18 +67,22 @@ def generate(store: Store, n_gpus: int, days: int) -> int:
     base = np.where(rng.random(n_gpus) < 0.4, rng.uniform(0, 10, n_gpus), rng.uniform(10, 90, n_gpus))
     rows = 0
     state = {}
+    # this process's shard, as the daemon's rollup job writes it (tables/<t>/shard=<s>/date=<day>), with
+    # every table's epoch file: gpu_sample has a shard, so the report asks state/rollup.<shard>.json
+    store.prepare_writer()
     for d in range(days):
         day = (T0 + dt.timedelta(days=d)).date().isoformat()
         data = day_table(gpus, d, rng, base)
-        gen = store.root / ".gen" / t.name / f"date={day}" / "g000001"
+        gen = store.gen_root(t.name) / f"date={day}" / "g000001"
         gen.mkdir(parents=True, exist_ok=True)
         with open(gen / "compact-bench.parquet", "wb") as f:
             write_parquet(t, data, f, level=1)
-        store._swap_link(store.root / "tables" / t.name / f"date={day}", gen)
+        link = store.link_path(t.name, day)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        store._swap_link(link, gen)
         state[day] = {"through": (T0 + dt.timedelta(days=d + 1)).isoformat(), "fingerprint": "", "at": ""}
         rows += data.num_rows
-    (store.root / "state").mkdir(exist_ok=True)
-    (store.root / "state" / "rollup.json").write_text(json.dumps({"days": state}))
+    rollup.save_state(store, {"days": state})
     return rows
 
 
@@ -91,7 +96,7 @@ def main() -> None:
     try:
         store = Store(root)
         t0 = time.monotonic()
-        reuse = args.keep is not None and (store.root / "state" / "rollup.json").exists()
+        reuse = args.keep is not None and bool(rollup.load_state(store)["days"])
         rows = (args.gpus * args.days * 24) if reuse else generate(store, args.gpus, args.days)  # --keep: reuse
         gen_s = time.monotonic() - t0
         size = sum(f.stat().st_size for f in store.files("gpu_rollup_hour"))
