@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from accelmon.analytics import rollup, utilization
 from accelmon.analytics.activity import FB_BIN_BYTES
@@ -356,8 +358,6 @@ class _Pass:
         self._rows = 0
 
     def run(self, files: list[Path]) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(1) as ex:  # the next file is read (pyarrow, without the GIL) meanwhile
             nxt = ex.submit(_read, files[0]) if files else None
             for i in range(len(files)):
@@ -437,8 +437,6 @@ def _scan_sql(con: Any, window: Window, h0: dt.datetime, hr: dt.datetime,
 
 
 def _read(path: Path) -> pa.Table:
-    import pyarrow.parquet as pq
-
     try:
         pf = pq.ParquetFile(path, read_dictionary=["gpu_uuid", "source", "vm_bios_uuid"])
         names = set(pf.schema_arrow.names)

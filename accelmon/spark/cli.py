@@ -46,7 +46,7 @@ def _run(ctx: typer.Context, command: str, master: str, since: str | None, from_
         raise UserError("--since cannot be combined with --from/--to")
     p = _root_params(ctx)
     data_dir = p.get("data_dir") or Path(os.environ.get("ACCELMON_DATA_DIR", "./accelmon-data"))
-    from accelmon.spark.session import require_pyspark
+    from accelmon.spark.session import require_pyspark  # lazy: the spark package is optional; the CLI loads it per verb
 
     require_pyspark()  # before importing the job, which needs pyspark: one clear line if it is missing
     job = importlib.import_module("accelmon.spark.job")

@@ -20,7 +20,7 @@ LAYOUTS = ("date=*/*.parquet", "shard=*/date=*/*.parquet")
 def require_pyspark() -> Any:
     """The pyspark module, or a UserError saying how to get it."""
     try:
-        import pyspark  # optional extra: imported only when a Spark verb runs
+        import pyspark  # lazy: optional extra (accelmon[spark]), imported only when a Spark verb runs
     except ModuleNotFoundError:
         raise UserError("spark: pyspark is not installed: pip install 'accelmon[spark]' "
                         "(and Java 17: apt-get install openjdk-17-jre-headless); see docs/spark.md") from None
@@ -30,7 +30,7 @@ def require_pyspark() -> Any:
 def build_session(master: str = "local[2]", app_name: str = "accelmon", conf: dict[str, str] | None = None) -> Any:
     """A SparkSession in UTC (the store's timestamps are UTC instants). ``conf`` adds/overrides settings."""
     require_pyspark()
-    from pyspark.sql import SparkSession  # optional extra (see require_pyspark)
+    from pyspark.sql import SparkSession  # lazy: optional extra (see require_pyspark)
 
     b = SparkSession.builder.master(master).appName(app_name)
     base = {
