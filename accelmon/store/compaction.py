@@ -112,6 +112,29 @@ def compact(
             failures.extend(failed)
     return results
 
+
+def _next_generation(t: Table, old: Path, data: pa.Table) -> tuple[Path, Path]:
+    """The generation after ``old`` holding ``data`` as one durable Parquet file (not yet visible:
+    the caller swaps the partition link). A leftover of a crashed compaction/replace is removed."""
+    m = GEN_RE.match(old.name)
+    new = old.parent / f"g{(int(m.group(1)) if m else 0) + 1:06d}"
+    while new.exists():
+        shutil.rmtree(new)
+    new.mkdir()
+    out = new / f"compact-{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = new / f".tmp-{out.name}"
+    try:
+        with open(tmp, "wb") as f:
+            write_parquet(t, data, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    os.rename(tmp, out)
+    return new, out
+
+
 def _compact_partition(store: Layout, t: Table, day: str, min_files: int) -> CompactionResult | None:
     with store._flock(t.name, "compact", fcntl.LOCK_EX):
         old = store._current_gen(t.name, day, create=False)
@@ -128,23 +151,7 @@ def _compact_partition(store: Layout, t: Table, day: str, min_files: int) -> Com
         keys = [c for c in t.sort_by if c in data.column_names]
         if keys and data.num_rows:
             data = data.take(sort_indices(data, keys))
-        m = GEN_RE.match(old.name)
-        n = int(m.group(1)) + 1 if m else 1
-        new = old.parent / f"g{n:06d}"
-        while new.exists():  # leftover of a crashed compaction
-            shutil.rmtree(new)
-        new.mkdir()
-        out = new / f"compact-{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = new / f".tmp-{out.name}"
-        try:
-            with open(tmp, "wb") as f:
-                write_parquet(t, data, f)
-                f.flush()
-                os.fsync(f.fileno())
-        except BaseException:
-            shutil.rmtree(new, ignore_errors=True)
-            raise
-        os.rename(tmp, out)
+        new, out = _next_generation(t, old, data)
         link = store.link_path(t.name, day)
         with store._flock(t.name, "append", fcntl.LOCK_EX):
             done = {p.name for p in inputs}
@@ -169,22 +176,7 @@ def replace_partition(store: Layout, name: str, day: str, data: pa.Table | None)
     with store._flock(t.name, "compact", fcntl.LOCK_EX):
         old = store._current_gen(t.name, day, create=True)
         assert old is not None
-        m = GEN_RE.match(old.name)
-        new = old.parent / f"g{(int(m.group(1)) if m else 0) + 1:06d}"
-        while new.exists():  # leftover of a crashed replace
-            shutil.rmtree(new)
-        new.mkdir()
-        out = new / f"compact-{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = new / f".tmp-{out.name}"
-        try:
-            with open(tmp, "wb") as f:
-                write_parquet(t, data, f)
-                f.flush()
-                os.fsync(f.fileno())
-        except BaseException:
-            shutil.rmtree(new, ignore_errors=True)
-            raise
-        os.rename(tmp, out)
+        new, out = _next_generation(t, old, data)
         fsync_dir(new)
         with store._flock(t.name, "append", fcntl.LOCK_EX):
             store._swap_link(store.link_path(t.name, day), new)
