@@ -149,7 +149,7 @@ def test_every_dashboard_query_that_works_at_a_site_works_centrally_for_both_sit
 ) -> None:
     sites, central = federation
     page_metrics = {ln.split("{")[0].split(" ")[0] for ln in _page("a").splitlines() if ln and ln[0] != "#"}
-    variables = {n: ".*" for n in ("vcenter", "cluster", "host", "vm", "gpu", "datasource")}
+    variables = {n: ".*" for n in ("vcenter", "cluster", "host", "vm", "gpu", "datasource", "team", "owner")}
     checked = 0
     for q in queries():
         if not metric_names(q.expr) <= page_metrics:

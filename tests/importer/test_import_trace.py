@@ -152,7 +152,7 @@ def test_a_day_boundary_and_iso_times_land_in_their_partitions(tmp_path: Path) -
     assert r.returncode == 0, r.stderr
     got = Path(data)
     con = duckdb.connect()
-    res = con.execute(f"SELECT date, count(*) FROM read_parquet('{got}/tables/gpu_sample/*/*.parquet', "
+    res = con.execute(f"SELECT date, count(*) FROM read_parquet('{got}/tables/gpu_sample/shard=*/date=*/*.parquet', "
                       "hive_partitioning=true) GROUP BY ALL ORDER BY 1").fetchall()
     assert [(str(d), n) for d, n in res] == [("2026-12-05", 1), ("2026-12-06", 2), ("2026-12-07", 1)]
 
