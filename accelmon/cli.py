@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from accelmon import __version__
+from accelmon.analytics.window import parse_time
 from accelmon.collector.agent.main import NVML, run_agent
 from accelmon.config import DEFAULT_CONFIG_NAME, Config, ConfigError, load, parse_duration
 from accelmon.errors import UserError
@@ -168,16 +169,6 @@ def agent(
     raise typer.Exit(run_agent(cfg, backend=backend, listen=listen, once=once, web_config_file=web_config))
 
 
-def _parse_when(value: str | None, option: str) -> dt.datetime | None:
-    if value is None:
-        return None
-    try:
-        t = dt.datetime.fromisoformat(value)
-    except ValueError:
-        fail(f"{option}: not an ISO 8601 time: {value!r}")
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
-
-
 @app.command()
 def report(
     since: Annotated[str | None, typer.Option(
@@ -194,8 +185,8 @@ def report(
     cfg = state.config()
     _setup_logging(cfg)
     fn = _delegate("accelmon.report.cli", "run_report", "report")
-    raise typer.Exit(fn(state.store(), cfg, since=since, from_=_parse_when(from_, "--from"),
-                        to=_parse_when(to, "--to"), out_dir=out, json_out=json_out,
+    raise typer.Exit(fn(state.store(), cfg, since=since, from_=parse_time(from_, "--from"),
+                        to=parse_time(to, "--to"), out_dir=out, json_out=json_out,
                         progress=sys.stderr.isatty()))
 
 
@@ -217,8 +208,8 @@ def plan(
     cfg = state.config()
     _setup_logging(cfg)
     fn = _delegate("accelmon.report.plan", "run_plan", "plan")
-    raise typer.Exit(fn(state.store(), cfg, fmt=fmt, out=out, since=since, from_=_parse_when(from_, "--from"),
-                        to=_parse_when(to, "--to")))
+    raise typer.Exit(fn(state.store(), cfg, fmt=fmt, out=out, since=since, from_=parse_time(from_, "--from"),
+                        to=parse_time(to, "--to")))
 
 
 @app.command()

@@ -48,6 +48,18 @@ def parse_since(since: str) -> float | None:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+def parse_time(value: str | None, option: str) -> dt.datetime | None:
+    """``--from``/``--to``: an ISO 8601 time (UTC when it names no zone); None stays None. Raises
+    UserError naming ``option``."""
+    if value is None:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"{option}: not an ISO 8601 time: {value!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
 def _utc(t: dt.datetime) -> dt.datetime:
     return t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib
 import os
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from accelmon.analytics.window import parse_time
 from accelmon.errors import UserError
 
 spark_app = typer.Typer(help="The same analysis on Apache Spark (needs the optional extra 'spark' and Java 17; docs/spark.md).",
@@ -30,16 +30,6 @@ def _root_params(ctx: typer.Context) -> dict[str, Any]:
     return dict(ctx.find_root().params)
 
 
-def _when(v: str | None, opt: str) -> dt.datetime | None:
-    if v is None:
-        return None
-    try:
-        t = dt.datetime.fromisoformat(v)
-    except ValueError:
-        raise UserError(f"{opt}: not an ISO 8601 time: {v!r}") from None
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
-
-
 def _run(ctx: typer.Context, command: str, master: str, since: str | None, from_: str | None, to: str | None,
          tables_url: str | None) -> None:
     if since is not None and (from_ or to):
@@ -51,7 +41,7 @@ def _run(ctx: typer.Context, command: str, master: str, since: str | None, from_
     require_pyspark()  # before importing the job, which needs pyspark: one clear line if it is missing
     job = importlib.import_module("accelmon.spark.job")
     raise typer.Exit(job.run(command, data_dir=Path(data_dir), master=master, config=p.get("config"), since=since,
-                             from_=_when(from_, "--from"), to=_when(to, "--to"), tables_url=tables_url))
+                             from_=parse_time(from_, "--from"), to=parse_time(to, "--to"), tables_url=tables_url))
 
 
 @spark_app.command()

@@ -21,23 +21,13 @@ from typing import Any
 
 from pyspark.sql import functions as F
 
-from accelmon.analytics.window import Window, resolve_window
+from accelmon.analytics.window import Window, parse_time, resolve_window
 from accelmon.config import load
 from accelmon.errors import UserError
 from accelmon.spark import rollup, verdict
 from accelmon.spark.intervals import samples_in
 from accelmon.spark.session import build_session, read_table
 from accelmon.store.writer import Store
-
-
-def _when(v: str | None, opt: str) -> dt.datetime | None:
-    if v is None:
-        return None
-    try:
-        t = dt.datetime.fromisoformat(v)
-    except ValueError:
-        raise UserError(f"{opt}: not an ISO 8601 time: {v!r}") from None
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def window_of(spark: Any, gpu_sample: Any, since: str | None, from_: dt.datetime | None, to: dt.datetime | None,
@@ -102,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parser().parse_args(argv)
     try:
         return run(a.command, data_dir=a.data_dir, master=a.master or "local[2]", config=a.config, since=a.since,
-                   from_=_when(a.from_, "--from"), to=_when(a.to, "--to"), tables_url=a.tables_url)
+                   from_=parse_time(a.from_, "--from"), to=parse_time(a.to, "--to"), tables_url=a.tables_url)
     except UserError as e:
         print(f"accelmon: {e}", file=sys.stderr)
         return e.exit_code
